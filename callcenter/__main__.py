@@ -1,0 +1,5 @@
+"""Allow ``python -m callcenter``."""
+
+from callcenter.cli import main
+
+main()

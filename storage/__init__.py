@@ -1,0 +1,1 @@
+"""Complaint store: models, migrations, sealing and the blob store."""
