@@ -31,7 +31,7 @@ def add_message(session: Session, *, queue: str, job_name: str, entity_id: int) 
     return message
 
 
-def pending_messages(job_name: str, entity_id: int) -> Select[tuple[OutboxMessage]]:
+def pending_messages(job_name: str, entity_id: int) -> Select[OutboxMessage]:
     """Return a query for the unfinished outbox rows of one job."""
     return select(OutboxMessage).where(
         OutboxMessage.job_name == job_name,
