@@ -70,7 +70,9 @@ def transcribe_recording(recording_id: int) -> None:
         run_transcription(_context, session, recording)
 
 
-def run_transcription(context: TranscriptionContext, session: Session, recording: Recording) -> None:
+def run_transcription(
+    context: TranscriptionContext, session: Session, recording: Recording
+) -> None:
     """Transcribe one stored recording and move its case to review."""
     existing = session.scalar(select(Transcript.id).where(Transcript.recording_id == recording.id))
     if existing is not None:
@@ -80,12 +82,16 @@ def run_transcription(context: TranscriptionContext, session: Session, recording
         return
 
     if recording.status != RecordingStatus.STORED.value or recording.sealed_object is None:
-        raise TranscriptionError(f"recording {recording.id} is not stored yet; the recordings job runs first")
+        raise TranscriptionError(
+            f"recording {recording.id} is not stored yet; the recordings job runs first"
+        )
 
     audio_bytes = open_sealed(session, context.blobs, recording.sealed_object, context.private_key)
     try:
         audio = decode_audio(
-            audio_bytes, target_rate=context.engine.sample_rate, max_seconds=context.max_audio_seconds
+            audio_bytes,
+            target_rate=context.engine.sample_rate,
+            max_seconds=context.max_audio_seconds,
         )
     except AudioError as error:
         _record_failure(context, session, recording, str(error))
@@ -139,7 +145,9 @@ def _record_failure(
     """Keep the sealed audio and tell a person why it could not be transcribed."""
     case = recording.case
     case.status = CaseStatus.TRANSCRIPTION_FAILED.value
-    case.failure_reason = f"The recording could not be transcribed: {reason}. The sealed audio is kept."
+    case.failure_reason = (
+        f"The recording could not be transcribed: {reason}. The sealed audio is kept."
+    )
     append_event(
         session,
         chain_key=context.audit_key,
