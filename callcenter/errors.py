@@ -27,5 +27,3 @@ class RecordingDownloadError(TelephonyError):
         super().__init__(message)
         self.recording_sid = recording_sid
         self.retryable = retryable
-
-

@@ -39,5 +39,7 @@ def configure_logging(level: str = "INFO") -> None:
     # Werkzeug logs each request line with its query string; ours carry only node ids,
     # but the access log adds nothing a person must act on.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    # At INFO it logs full request URLs with their query parameters.
+    logging.getLogger("twilio.http_client").setLevel(logging.WARNING)
     # rq logs job descriptions at INFO; ours are ids only, and it stays at WARNING anyway.
     logging.getLogger("rq.worker").setLevel(max(logging.getLevelName(level), logging.INFO))

@@ -196,7 +196,11 @@ def download_recording(
         if attempt < attempts:
             logger.info(
                 "recording %s not downloaded (%s), retry %d of %d in %.1f s",
-                recording_sid, last_problem, attempt, attempts - 1, delay,
+                recording_sid,
+                last_problem,
+                attempt,
+                attempts - 1,
+                delay,
             )
             time.sleep(delay)
             delay *= 2

@@ -7,6 +7,7 @@ needs a private key unlocks it itself, with its own passphrase.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +31,10 @@ class Runtime:
 
     @cached_property
     def engine(self) -> Engine:
-        return make_engine(self.settings.database.url)
+        engine = make_engine(self.settings.database.url)
+        # rq forks a work-horse per job; pooled connections must not be shared with it.
+        os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
+        return engine
 
     @cached_property
     def session_factory(self) -> sessionmaker[Session]:

@@ -162,7 +162,10 @@ def find_config_file(environ: Mapping[str, str]) -> Path:
             )
         return path
 
-    for candidate in (Path.cwd() / "config.toml", Path(__file__).resolve().parents[1] / "config.toml"):
+    for candidate in (
+        Path.cwd() / "config.toml",
+        Path(__file__).resolve().parents[1] / "config.toml",
+    ):
         if candidate.is_file():
             return candidate
 
@@ -280,7 +283,9 @@ def _app(table: dict[str, Any], instance: Path) -> AppSettings:
 
     level = str(table["log_level"]).upper()
     if level not in LOG_LEVELS:
-        raise ConfigurationError(f"app.log_level = {level!r} must be one of {', '.join(LOG_LEVELS)}.")
+        raise ConfigurationError(
+            f"app.log_level = {level!r} must be one of {', '.join(LOG_LEVELS)}."
+        )
 
     return AppSettings(
         public_base_url=url,
@@ -368,7 +373,9 @@ def _transcription(table: dict[str, Any], instance: Path) -> TranscriptionSettin
     return TranscriptionSettings(
         model=str(table["model"]),
         models_dir=_under(instance, str(table["models_dir"])),
-        max_audio_seconds=int(_positive("transcription.max_audio_seconds", table["max_audio_seconds"])),
+        max_audio_seconds=int(
+            _positive("transcription.max_audio_seconds", table["max_audio_seconds"])
+        ),
         job_timeout_seconds=int(
             _positive("transcription.job_timeout_seconds", table["job_timeout_seconds"])
         ),

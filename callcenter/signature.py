@@ -24,7 +24,7 @@ R = TypeVar("R")
 
 def signed_url() -> str:
     """Return the URL exactly as Twilio requested it, for signing."""
-    base = current_app.config["PUBLIC_BASE_URL"]
+    base: str = current_app.config["PUBLIC_BASE_URL"]
     url = base + request.path
     if request.query_string:
         url += "?" + request.query_string.decode("latin-1")

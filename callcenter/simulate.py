@@ -37,7 +37,9 @@ def emulator_for(settings: Settings, *, caller: str = "+962790000001") -> Twilio
     )
 
 
-def wait_until_deleted(emulator: TwilioEmulator, recording_sids: Sequence[str], timeout: float) -> bool:
+def wait_until_deleted(
+    emulator: TwilioEmulator, recording_sids: Sequence[str], timeout: float
+) -> bool:
     """Keep the emulator serving until the app has fetched and deleted every recording."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -58,7 +60,9 @@ def simulate_call(
     """Run one call and wait until the recordings worker has taken the recording."""
     with emulator_for(settings, caller=caller) as emulator:
         result = emulator.call(digits=digits, recordings=[audio])
-        if result.recording_sids and not wait_until_deleted(emulator, result.recording_sids, wait_seconds):
+        if result.recording_sids and not wait_until_deleted(
+            emulator, result.recording_sids, wait_seconds
+        ):
             logger.warning(
                 "the recordings worker did not delete recording(s) %s within %.0f s; is it running?",
                 ", ".join(result.recording_sids),

@@ -40,7 +40,10 @@ bp = Blueprint("voice", __name__, url_prefix="/voice")
 
 FAILURE_PROMPTS = (
     ("ar", "عذراً، حدث خطأ فني. سُجّل ما أرسلته حتى الآن. يرجى معاودة الاتصال لاحقاً."),
-    ("en", "Sorry, a technical error occurred. What you sent so far has been kept. Please call again later."),
+    (
+        "en",
+        "Sorry, a technical error occurred. What you sent so far has been kept. Please call again later.",
+    ),
 )
 
 
@@ -182,14 +185,24 @@ def _respond(session: Session, call: Call) -> Response:
         reference = _open_case(session, call).reference
 
     session.commit()
-    return _twiml(render(flow, state, _Urls(current_app.config["PUBLIC_BASE_URL"]), _render_options(), reference=reference))
+    return _twiml(
+        render(
+            flow,
+            state,
+            _Urls(current_app.config["PUBLIC_BASE_URL"]),
+            _render_options(),
+            reference=reference,
+        )
+    )
 
 
 def _move(session: Session, call: Call, node_id: str, step: str) -> Response:
     """Apply one step to a call unless this request is a replay of an older one."""
     flow = _flow()
     if call.node != node_id:
-        logger.info("replayed %s for node %s; call %s is at %s", step, node_id, call.call_sid, call.node)
+        logger.info(
+            "replayed %s for node %s; call %s is at %s", step, node_id, call.call_sid, call.node
+        )
         return _respond(session, call)
 
     state = _state_of(call)
@@ -215,7 +228,13 @@ def incoming() -> Response:
         call = session.scalar(select(Call).where(Call.call_sid == call_sid))
         if call is None:
             state = engine.start(flow)
-            call = Call(call_sid=call_sid, flow_id=flow.id, node=state.node, language=state.language, answers={})
+            call = Call(
+                call_sid=call_sid,
+                flow_id=flow.id,
+                node=state.node,
+                language=state.language,
+                answers={},
+            )
             session.add(call)
             try:
                 session.flush()
@@ -297,7 +316,10 @@ def _recording_url_allowed(url: str) -> bool:
     """Accept only media URLs on Twilio's API host; anything else is never downloaded."""
     allowed = urlsplit(current_app.config["TWILIO_API_BASE_URL"])
     given = urlsplit(url)
-    return (given.scheme, given.netloc) == (allowed.scheme, allowed.netloc) and "/Recordings/RE" in given.path
+    return (given.scheme, given.netloc) == (
+        allowed.scheme,
+        allowed.netloc,
+    ) and "/Recordings/RE" in given.path
 
 
 @bp.post("/recording-status")
@@ -309,20 +331,33 @@ def recording_status() -> Response:
     recording_sid = form.get("RecordingSid", "")
     status = form.get("RecordingStatus", "")
 
-    if not (recording_sid.startswith("RE") and len(recording_sid) == 34 and recording_sid.isalnum()):
+    if not (
+        recording_sid.startswith("RE") and len(recording_sid) == 34 and recording_sid.isalnum()
+    ):
         abort(400)
     if status != "completed":
-        logger.info("recording %s of call %s is %s (error %s)", recording_sid, call_sid, status, form.get("ErrorCode", "none"))
+        logger.info(
+            "recording %s of call %s is %s (error %s)",
+            recording_sid,
+            call_sid,
+            status,
+            form.get("ErrorCode", "none"),
+        )
         return _twiml(VoiceResponse())
 
     url = form.get("RecordingUrl", "")
     if not _recording_url_allowed(url):
-        logger.warning("recording %s has a media URL outside the Twilio API host; ignored", recording_sid)
+        logger.warning(
+            "recording %s has a media URL outside the Twilio API host; ignored", recording_sid
+        )
         abort(400)
 
     runtime = _runtime()
     with runtime.session() as session:
-        if session.scalar(select(Recording.id).where(Recording.recording_sid == recording_sid)) is not None:
+        if (
+            session.scalar(select(Recording.id).where(Recording.recording_sid == recording_sid))
+            is not None
+        ):
             logger.info("recording %s already registered (replay)", recording_sid)
             return _twiml(VoiceResponse())
 
@@ -344,7 +379,10 @@ def recording_status() -> Response:
             return _twiml(VoiceResponse())
 
         message = outbox.add_message(
-            session, queue=outbox.RECORDINGS_QUEUE, job_name=outbox.PROCESS_RECORDING, entity_id=recording.id
+            session,
+            queue=outbox.RECORDINGS_QUEUE,
+            job_name=outbox.PROCESS_RECORDING,
+            entity_id=recording.id,
         )
         session.commit()
         logger.info("registered recording %s for case %d", recording_sid, case.id)

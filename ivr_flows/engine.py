@@ -6,11 +6,11 @@ transitions free of I/O lets tests walk every path without a server.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Mapping
 
-from ivr_flows.model import Flow, NodeKind
+from ivr_flows.model import Flow, Node, NodeKind
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,7 @@ def no_input(flow: Flow, state: CallState) -> CallState:
     """Handle a menu that timed out; the language menu keeps the default language at once."""
     node = flow.node(state.node)
     if node.kind is NodeKind.LANGUAGE:
-        assert node.fallback is not None  # the loader requires it for menus
-        return replace(state, node=node.fallback, retries=0)
+        return replace(state, node=_fallback_of(node), retries=0)
     return _retry(flow, state)
 
 
@@ -63,5 +62,11 @@ def _retry(flow: Flow, state: CallState) -> CallState:
     if state.retries < flow.max_retries:
         return replace(state, retries=state.retries + 1)
 
-    assert node.fallback is not None  # the loader requires it for menus
-    return replace(state, node=node.fallback, retries=0)
+    return replace(state, node=_fallback_of(node), retries=0)
+
+
+def _fallback_of(node: Node) -> str:
+    if node.fallback is None:
+        # The loader requires a fallback on every menu, so only a hand-built flow gets here.
+        raise ValueError(f"menu {node.id!r} has no fallback node")
+    return node.fallback

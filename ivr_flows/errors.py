@@ -8,7 +8,9 @@ from pathlib import Path
 class FlowError(Exception):
     """A flow file is invalid; the message names the file, the node and the field."""
 
-    def __init__(self, source: Path | str, node: str | None, field: str | None, problem: str) -> None:
+    def __init__(
+        self, source: Path | str, node: str | None, field: str | None, problem: str
+    ) -> None:
         self.source = str(source)
         self.node = node
         self.field = field

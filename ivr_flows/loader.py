@@ -51,13 +51,19 @@ def _parse_flow(path: Path, raw: Mapping[str, Any]) -> Flow:
     if not languages or not all(isinstance(code, str) for code in languages):
         raise FlowError(path, None, "flow.languages", "must list language codes, Arabic first")
 
-    default_language = str(_required(path, None, "flow.default_language", header.get("default_language")))
+    default_language = str(
+        _required(path, None, "flow.default_language", header.get("default_language"))
+    )
     if default_language not in languages:
-        raise FlowError(path, None, "flow.default_language", f"{default_language!r} is not in flow.languages")
+        raise FlowError(
+            path, None, "flow.default_language", f"{default_language!r} is not in flow.languages"
+        )
 
     max_retries = header.get("max_retries", 2)
     if not isinstance(max_retries, int) or not 0 <= max_retries <= 5:
-        raise FlowError(path, None, "flow.max_retries", f"{max_retries!r} must be a whole number from 0 to 5")
+        raise FlowError(
+            path, None, "flow.max_retries", f"{max_retries!r} must be a whole number from 0 to 5"
+        )
 
     nodes_raw = _table(path, None, "nodes", raw.get("nodes"))
     nodes = {
@@ -76,16 +82,25 @@ def _parse_flow(path: Path, raw: Mapping[str, Any]) -> Flow:
     )
 
 
-def _parse_node(path: Path, node_id: str, body: Mapping[str, Any], languages: tuple[str, ...]) -> Node:
+def _parse_node(
+    path: Path, node_id: str, body: Mapping[str, Any], languages: tuple[str, ...]
+) -> Node:
     if not node_id.replace("_", "").isalnum() or not node_id.isascii():
-        raise FlowError(path, node_id, None, "node ids use ASCII letters, digits and _ only (they appear in URLs)")
+        raise FlowError(
+            path,
+            node_id,
+            None,
+            "node ids use ASCII letters, digits and _ only (they appear in URLs)",
+        )
 
     kind_text = _required(path, node_id, "kind", body.get("kind"))
     try:
         kind = NodeKind(kind_text)
     except ValueError:
         known = ", ".join(kind.value for kind in NodeKind)
-        raise FlowError(path, node_id, "kind", f"{kind_text!r} is unknown: use one of {known}") from None
+        raise FlowError(
+            path, node_id, "kind", f"{kind_text!r} is unknown: use one of {known}"
+        ) from None
 
     retry_raw = body.get("retry_prompt")
     return Node(
@@ -96,23 +111,34 @@ def _parse_node(path: Path, node_id: str, body: Mapping[str, Any], languages: tu
         options=tuple(_parse_options(path, node_id, body.get("options", []))),
         fallback=body.get("fallback"),
         retry_prompt=(
-            _parse_prompt(path, node_id, "retry_prompt", retry_raw, languages) if retry_raw else None
+            _parse_prompt(path, node_id, "retry_prompt", retry_raw, languages)
+            if retry_raw
+            else None
         ),
     )
 
 
-def _parse_prompt(path: Path, node_id: str, field: str, raw: Any, languages: tuple[str, ...]) -> Prompt:
+def _parse_prompt(
+    path: Path, node_id: str, field: str, raw: Any, languages: tuple[str, ...]
+) -> Prompt:
     table = _table(path, node_id, field, raw)
     texts = {}
     for language in languages:
         text = table.get(language)
         if not isinstance(text, str) or not text.strip():
-            raise FlowError(path, node_id, f"{field}.{language}", "missing translation: add the text in this language")
+            raise FlowError(
+                path,
+                node_id,
+                f"{field}.{language}",
+                "missing translation: add the text in this language",
+            )
         texts[language] = text.strip()
 
     extra = set(table) - set(languages)
     if extra:
-        raise FlowError(path, node_id, field, f"languages {sorted(extra)} are not in flow.languages")
+        raise FlowError(
+            path, node_id, field, f"languages {sorted(extra)} are not in flow.languages"
+        )
 
     return Prompt(texts=texts)
 
@@ -127,15 +153,24 @@ def _parse_options(path: Path, node_id: str, raw: Any) -> Iterator[Option]:
         table = _table(path, node_id, field, item)
         digit = str(_required(path, node_id, f"{field}.digit", table.get("digit")))
         if digit not in DIGITS or len(digit) != 1:
-            raise FlowError(path, node_id, f"{field}.digit", f"{digit!r} must be one key: 0-9, * or #")
+            raise FlowError(
+                path, node_id, f"{field}.digit", f"{digit!r} must be one key: 0-9, * or #"
+            )
         if digit in seen:
-            raise FlowError(path, node_id, f"{field}.digit", f"duplicate digit {digit!r} in this menu")
+            raise FlowError(
+                path, node_id, f"{field}.digit", f"duplicate digit {digit!r} in this menu"
+            )
         seen.add(digit)
 
         sets = _table(path, node_id, f"{field}.set", table.get("set", {}))
         for key in sets:
             if key not in ANSWER_FIELDS:
-                raise FlowError(path, node_id, f"{field}.set.{key}", f"unknown answer field: use one of {', '.join(ANSWER_FIELDS)}")
+                raise FlowError(
+                    path,
+                    node_id,
+                    f"{field}.set.{key}",
+                    f"unknown answer field: use one of {', '.join(ANSWER_FIELDS)}",
+                )
 
         yield Option(
             digit=digit,
@@ -155,7 +190,9 @@ def _validate(flow: Flow) -> None:
     reachable = _reachable(flow)
     for node_id in flow.nodes:
         if node_id not in reachable:
-            raise FlowError(path, node_id, None, "unreachable: no option, next or fallback leads here")
+            raise FlowError(
+                path, node_id, None, "unreachable: no option, next or fallback leads here"
+            )
 
     if not any(node.kind is NodeKind.HANGUP for node in flow.nodes.values()):
         raise FlowError(path, None, "nodes", "no hangup node: every call needs a goodbye")
@@ -169,7 +206,12 @@ def _validate_node(flow: Flow, node: Node) -> None:
         if not node.options:
             raise FlowError(path, node.id, "options", "a menu needs at least one option")
         if node.fallback is None:
-            raise FlowError(path, node.id, "fallback", "a menu needs a fallback node for callers who press nothing valid")
+            raise FlowError(
+                path,
+                node.id,
+                "fallback",
+                "a menu needs a fallback node for callers who press nothing valid",
+            )
     elif node.options:
         raise FlowError(path, node.id, "options", f"a {node.kind.value} node has no options")
 
@@ -186,7 +228,12 @@ def _validate_node(flow: Flow, node: Node) -> None:
     if node.kind is NodeKind.LANGUAGE:
         for index, option in enumerate(node.options):
             if option.sets.get("language") not in flow.languages:
-                raise FlowError(path, node.id, f"options[{index}].set.language", "a language option must set a language from flow.languages")
+                raise FlowError(
+                    path,
+                    node.id,
+                    f"options[{index}].set.language",
+                    "a language option must set a language from flow.languages",
+                )
 
 
 def _targets(node: Node) -> Iterator[tuple[str, str]]:

@@ -77,7 +77,12 @@ def render(
 
 
 def _render_menu(
-    flow: Flow, node: Node, state: CallState, urls: Urls, options: RenderOptions, response: VoiceResponse
+    flow: Flow,
+    node: Node,
+    state: CallState,
+    urls: Urls,
+    options: RenderOptions,
+    response: VoiceResponse,
 ) -> None:
     gather = response.gather(
         action=urls.gather(node.id),

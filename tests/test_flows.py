@@ -69,7 +69,11 @@ def test_unknown_target_named(tmp_path: Path) -> None:
 
 
 def test_unreachable_node_named(tmp_path: Path) -> None:
-    path = edited(tmp_path, "[nodes.goodbye]", '[nodes.orphan]\nkind = "hangup"\nprompt.ar = "أ"\nprompt.en = "a"\n\n[nodes.goodbye]')
+    path = edited(
+        tmp_path,
+        "[nodes.goodbye]",
+        '[nodes.orphan]\nkind = "hangup"\nprompt.ar = "أ"\nprompt.en = "a"\n\n[nodes.goodbye]',
+    )
     with pytest.raises(FlowError) as caught:
         load_flow(path)
     assert caught.value.node == "orphan"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,22 +27,22 @@ def test_override_converted_to_type(make_env: Env) -> None:
 
 
 def test_bad_number_names_variable(make_env: Env) -> None:
-    with pytest.raises(ConfigurationError, match="CALLCENTER_VOICE__MAX_RECORDING_SECONDS='long'"):
+    with pytest.raises(ConfigurationError, match=re.escape("CALLCENTER_VOICE__MAX_RECORDING_SECONDS='long'")):
         load_settings(make_env(CALLCENTER_VOICE__MAX_RECORDING_SECONDS="long"))
 
 
 def test_unknown_variable_rejected(make_env: Env) -> None:
-    with pytest.raises(ConfigurationError, match="CALLCENTER_VOICE__MAX_LENGTH does not match"):
+    with pytest.raises(ConfigurationError, match=re.escape("CALLCENTER_VOICE__MAX_LENGTH does not match")):
         load_settings(make_env(CALLCENTER_VOICE__MAX_LENGTH="1"))
 
 
 def test_bad_account_sid_named(make_env: Env) -> None:
-    with pytest.raises(ConfigurationError, match="twilio.account_sid"):
+    with pytest.raises(ConfigurationError, match=r"twilio\.account_sid"):
         load_settings(make_env(CALLCENTER_TWILIO__ACCOUNT_SID="AC123"))
 
 
 def test_bad_public_url_named(make_env: Env) -> None:
-    with pytest.raises(ConfigurationError, match="app.public_base_url"):
+    with pytest.raises(ConfigurationError, match=r"app\.public_base_url"):
         load_settings(make_env(CALLCENTER_APP__PUBLIC_BASE_URL="voice.example.jo/path"))
 
 
@@ -80,7 +81,9 @@ def test_missing_passphrase_named(make_env: Env) -> None:
 def test_secret_in_file_rejected(make_env: Env, tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     original = Path(make_env()["CALLCENTER_CONFIG"]).read_text(encoding="utf-8")
-    config.write_text(original.replace("[twilio]\n", '[twilio]\nauth_token = "x"\n'), encoding="utf-8")
+    config.write_text(
+        original.replace("[twilio]\n", '[twilio]\nauth_token = "x"\n'), encoding="utf-8"
+    )
     with pytest.raises(ConfigurationError, match="looks like a secret"):
         load_settings(make_env(CALLCENTER_CONFIG=str(config)))
 
@@ -92,7 +95,11 @@ def test_secrets_hidden_in_repr(make_env: Env) -> None:
 
 
 def test_every_default_documented() -> None:
-    lines = (Path(__file__).resolve().parents[1] / "config.toml").read_text(encoding="utf-8").splitlines()
+    lines = (
+        (Path(__file__).resolve().parents[1] / "config.toml")
+        .read_text(encoding="utf-8")
+        .splitlines()
+    )
     for index, line in enumerate(lines):
         if "=" in line and not line.startswith("#"):
             assert lines[index - 1].startswith("#"), f"config.toml line {index + 1} has no comment"

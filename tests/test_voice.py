@@ -47,7 +47,9 @@ def signed_post(client: FlaskClient, settings: Settings) -> SignedPost:
     """POST like Twilio: form parameters signed over the public URL and raw query."""
     validator = RequestValidator(AUTH_TOKEN)
 
-    def post(path_and_query: str, params: dict[str, str], *, signature: str | None = None) -> TestResponse:
+    def post(
+        path_and_query: str, params: dict[str, str], *, signature: str | None = None
+    ) -> TestResponse:
         url = settings.app.public_base_url + path_and_query
         header = validator.compute_signature(url, params) if signature is None else signature
         headers = {"X-Twilio-Signature": header} if header else {}
@@ -75,7 +77,9 @@ def test_incoming_returns_arabic_first(signed_post: SignedPost) -> None:
     assert says[1].get("language") == "en-US"
 
 
-def test_missing_signature_rejected(signed_post: SignedPost, settings: Settings, app: Flask) -> None:
+def test_missing_signature_rejected(
+    signed_post: SignedPost, settings: Settings, app: Flask
+) -> None:
     response = signed_post("/voice/incoming", base_params(new_call_sid()), signature="")
     assert response.status_code == 403
     assert count(settings, app, Call) == 0
@@ -94,17 +98,23 @@ def test_altered_parameter_rejected(client: FlaskClient, settings: Settings) -> 
     url = settings.app.public_base_url + "/voice/incoming"
     signature = RequestValidator(AUTH_TOKEN).compute_signature(url, params)
     params["Digits"] = "9"
-    response = client.post("/voice/incoming", data=params, headers={"X-Twilio-Signature": signature})
+    response = client.post(
+        "/voice/incoming", data=params, headers={"X-Twilio-Signature": signature}
+    )
     assert response.status_code == 403
 
 
-def test_altered_query_rejected(client: FlaskClient, settings: Settings, signed_post: SignedPost) -> None:
+def test_altered_query_rejected(
+    client: FlaskClient, settings: Settings, signed_post: SignedPost
+) -> None:
     call_sid = new_call_sid()
     signed_post("/voice/incoming", base_params(call_sid))
     params = {**base_params(call_sid), "Digits": "1"}
     url = settings.app.public_base_url + "/voice/gather?node=language"
     signature = RequestValidator(AUTH_TOKEN).compute_signature(url, params)
-    response = client.post("/voice/gather?node=notice", data=params, headers={"X-Twilio-Signature": signature})
+    response = client.post(
+        "/voice/gather?node=notice", data=params, headers={"X-Twilio-Signature": signature}
+    )
     assert response.status_code == 403
 
 
@@ -129,11 +139,15 @@ def test_signature_checked_on_every_route(signed_post: SignedPost) -> None:
         "/voice/recording-status",
         "/voice/status",
     ]
-    statuses = [signed_post(path, base_params(new_call_sid()), signature="x").status_code for path in paths]
+    statuses = [
+        signed_post(path, base_params(new_call_sid()), signature="x").status_code for path in paths
+    ]
     assert statuses == [403] * len(paths)
 
 
-def test_incoming_replay_creates_one_call(signed_post: SignedPost, settings: Settings, app: Flask) -> None:
+def test_incoming_replay_creates_one_call(
+    signed_post: SignedPost, settings: Settings, app: Flask
+) -> None:
     params = base_params(new_call_sid())
     first = signed_post("/voice/incoming", params)
     second = signed_post("/voice/incoming", params)
@@ -185,7 +199,10 @@ def test_record_node_renders_record(signed_post: SignedPost, settings: Settings)
     response = walk_to_recording(signed_post, new_call_sid())
     record = twiml(response).find("Record")
     assert record is not None
-    assert record.get("recordingStatusCallback") == settings.app.public_base_url + "/voice/recording-status"
+    assert (
+        record.get("recordingStatusCallback")
+        == settings.app.public_base_url + "/voice/recording-status"
+    )
     assert record.get("maxLength") == str(settings.voice.max_recording_seconds)
 
 
@@ -193,7 +210,9 @@ def test_case_opened_with_answers(signed_post: SignedPost, app: Flask) -> None:
     call_sid = new_call_sid()
     walk_to_recording(signed_post, call_sid)
     with app.extensions["callcenter_runtime"].session() as session:
-        case = session.scalar(select(Case).join(Call, Call.case_id == Case.id).where(Call.call_sid == call_sid))
+        case = session.scalar(
+            select(Case).join(Call, Call.case_id == Case.id).where(Call.call_sid == call_sid)
+        )
     assert case is not None
     assert case.complaint_type == "HR"
     assert case.category == "HR.CP"
@@ -253,7 +272,9 @@ def test_recording_status_enqueues_ids_only(
 
     redis = Redis.from_url(settings.redis.url)
     dump = b" ".join(
-        str(redis.hgetall(key)).encode() for key in redis.keys("rq:job:*") if redis.type(key) == b"hash"
+        str(redis.hgetall(key)).encode()
+        for key in redis.keys("rq:job:*")
+        if redis.type(key) == b"hash"
     )
     redis.close()
     assert b"process_recording" in dump
@@ -289,7 +310,11 @@ def test_recording_committed_when_redis_down(
 
     def post(path: str, params: dict[str, str]) -> TestResponse:
         url = settings.app.public_base_url + path
-        return client.post(path, data=params, headers={"X-Twilio-Signature": validator.compute_signature(url, params)})
+        return client.post(
+            path,
+            data=params,
+            headers={"X-Twilio-Signature": validator.compute_signature(url, params)},
+        )
 
     call_sid = new_call_sid()
     walk_to_recording(post, call_sid)
@@ -309,7 +334,9 @@ def test_case_opening_is_audited(signed_post: SignedPost, settings: Settings, ap
 
 
 def test_unknown_call_continuation_is_404(signed_post: SignedPost) -> None:
-    response = signed_post("/voice/gather?node=language", {**base_params(new_call_sid()), "Digits": "1"})
+    response = signed_post(
+        "/voice/gather?node=language", {**base_params(new_call_sid()), "Digits": "1"}
+    )
     assert response.status_code == 404
 
 
