@@ -8,9 +8,10 @@ from flask import Flask, Response, request
 from twilio.request_validator import RequestValidator
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from callcenter.calls import FlowHolder
 from callcenter.runtime import Runtime
 from callcenter.settings import Settings, load_settings
-from ivr_flows.loader import load_flow
+from ivr_flows.calendar import load_calendar
 from ivr_flows.render import RenderOptions, Voice
 
 logger = logging.getLogger("callcenter.app")
@@ -21,12 +22,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     auth_token = settings.require_twilio()
     settings.require_audit_key()
+    settings.require_caller_hash_key()
 
     app = Flask(__name__)
     app.config.update(
         PUBLIC_BASE_URL=settings.app.public_base_url,
         TWILIO_API_BASE_URL=settings.twilio.api_base_url,
-        PROMPTS_DIR=str(settings.voice.prompts_dir) if settings.voice.prompts_dir else None,
+        MIN_RECORDING_SECONDS=settings.voice.min_recording_seconds,
+        MAX_QUEUE_WAIT_SECONDS=settings.voice.max_queue_wait_seconds,
         # The voice routes keep no session; nothing else needs a cookie yet.
         SESSION_COOKIE_HTTPONLY=True,
         MAX_CONTENT_LENGTH=64 * 1024,
@@ -35,7 +38,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     runtime = Runtime(settings)
     app.extensions["callcenter_runtime"] = runtime
     app.extensions["twilio_validator"] = RequestValidator(auth_token)
-    app.extensions["callcenter_flow"] = load_flow(settings.voice.flow)
+    app.extensions["callcenter_flow"] = FlowHolder(settings.voice.flow)
+    app.extensions["callcenter_calendar"] = load_calendar(settings.voice.calendar)
     app.extensions["callcenter_render_options"] = _render_options(settings)
 
     from callcenter import voice
@@ -56,6 +60,7 @@ def _render_options(settings: Settings) -> RenderOptions:
         max_recording_seconds=voice.max_recording_seconds,
         silence_timeout_seconds=voice.silence_timeout_seconds,
         prompt_file_url=lambda _language, _node: None,
+        agent_queue=voice.agent_queue,
     )
 
 

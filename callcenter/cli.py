@@ -89,14 +89,15 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_reconciler:
 
 
 def _start_reconciler(runtime: Runtime) -> threading.Thread:
-    from callcenter.outbox import reconcile
+    from callcenter.outbox import job_timeouts, reconcile
 
     interval = runtime.settings.redis.reconcile_interval_seconds
+    timeouts = job_timeouts(runtime.settings.transcription.job_timeout_seconds)
 
     def loop() -> None:
         while True:
             try:
-                reconcile(runtime.session_factory, runtime.redis)
+                reconcile(runtime.session_factory, runtime.redis, timeouts=timeouts)
             except Exception:
                 logger.exception("outbox reconciler pass failed; next pass in %d s", interval)
             time.sleep(interval)
@@ -261,11 +262,12 @@ def outbox_group() -> None:
 @click.pass_context
 def outbox_reconcile(ctx: click.Context, loop: bool) -> None:
     """Enqueue outbox rows whose jobs are missing from Redis."""
-    from callcenter.outbox import reconcile
+    from callcenter.outbox import job_timeouts, reconcile
 
     runtime = _runtime(ctx)
     while True:
-        count = reconcile(runtime.session_factory, runtime.redis)
+        timeouts = job_timeouts(runtime.settings.transcription.job_timeout_seconds)
+        count = reconcile(runtime.session_factory, runtime.redis, timeouts=timeouts)
         click.echo(f"re-enqueued {count} job(s)")
         if not loop:
             return
@@ -282,8 +284,10 @@ def recordings_group() -> None:
 @click.pass_context
 def recordings_retry(ctx: click.Context, recording_id: int) -> None:
     """Queue the download of a recording again after a failure."""
+    from sqlalchemy import func, select
+
     from callcenter import outbox
-    from storage.models import Recording
+    from storage.models import OutboxMessage, Recording
 
     runtime = _runtime(ctx)
     with runtime.session() as session:
@@ -292,13 +296,21 @@ def recordings_retry(ctx: click.Context, recording_id: int) -> None:
             raise CallcenterError(
                 f"recording {recording_id} not found: check the id in the case view."
             )
+        retries = session.scalar(
+            select(func.count())
+            .select_from(OutboxMessage)
+            .where(
+                OutboxMessage.job_name == outbox.PROCESS_RECORDING,
+                OutboxMessage.entity_id == recording.id,
+            )
+        )
         message = outbox.add_message(
             session,
             queue=outbox.RECORDINGS_QUEUE,
             job_name=outbox.PROCESS_RECORDING,
             entity_id=recording.id,
+            attempt=int(retries or 0),
         )
-        message.job_id = f"{message.job_id}-retry-{message.id}"
         session.commit()
         outbox.enqueue(session, runtime.redis, message)
     click.echo(f"queued recording {recording_id} again")
@@ -307,9 +319,9 @@ def recordings_retry(ctx: click.Context, recording_id: int) -> None:
 @main.command("simulate-call")
 @click.option(
     "--digits",
-    default="1,1,2",
+    default="1,2,2,2,1,2,1",
     show_default=True,
-    help="Keys for each menu, comma-separated; empty for silence.",
+    help="Keys for each menu in order, comma-separated; an empty item is silence. The default files a human-rights complaint in Arabic.",
 )
 @click.option(
     "--audio",
@@ -402,3 +414,56 @@ def flows_check(ctx: click.Context, files: tuple[str, ...]) -> None:
     for name in files or (_settings(ctx).voice.flow,):
         flow = load_flow(name)
         click.echo(f"{flow.source}: flow {flow.id!r} is valid ({len(flow.nodes)} nodes)")
+
+
+@flows.command("walk")
+@click.argument("file")
+@click.option("--verbose", "-v", is_flag=True, help="Print every prompt each call heard.")
+def flows_walk(file: str, verbose: bool) -> None:
+    """Call a private copy of the app through the emulator once per branch of FILE.
+
+    Every menu key, silence, 0, * and recording outcome of every node is taken at
+    least once, in every language of the flow. Exits with status 1 if any call fails.
+    """
+    from callcenter.walk import WalkResult, walk
+
+    configure_logging("WARNING")
+
+    def report(result: WalkResult) -> None:
+        mark = "ok  " if result.ok else "FAIL"
+        click.echo(f"{mark} {result.script.describe()}")
+        for problem in result.problems:
+            click.echo(f"       problem: {problem}")
+        if verbose or not result.ok:
+            for heard in result.heard:
+                if heard.verb == "Say":
+                    click.echo(f"       [{heard.language}] {heard.text}")
+                elif heard.verb in ("Play", "Record", "Enqueue", "Hangup"):
+                    click.echo(f"       <{heard.verb}> {heard.url}".rstrip())
+
+    results = walk(file, report=report)
+    failed = sum(not result.ok for result in results)
+    click.echo(f"{len(results) - failed} passed, {failed} failed")
+    if failed:
+        sys.exit(1)
+
+
+@flows.command("graph")
+@click.argument("file")
+@click.option(
+    "--out",
+    "output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="SVG file to write.",
+)
+@click.option(
+    "--language", help="Language of the prompt excerpts (default: the flow's last, usually en)."
+)
+def flows_graph(file: str, output: Path, language: str | None) -> None:
+    """Draw the menu tree of FILE as an SVG diagram (needs Graphviz)."""
+    from ivr_flows.graph import render_svg
+    from ivr_flows.loader import load_flow
+
+    render_svg(load_flow(file), output, language)
+    click.echo(f"wrote {output}")

@@ -46,8 +46,9 @@ FINAL_STATUSES = (
     CaseStatus.TRANSCRIPTION_FAILED.value,
     CaseStatus.RECORDING_FAILED.value,
 )
-# Language 1 (Arabic), complaint type 1 (human rights), group 2 (economic and social rights).
-DEMO_DIGITS = ("1", "1", "2")
+# Arabic, confidential, no callback, no SMS, human rights, economic and social rights,
+# then keep the recording.
+DEMO_DIGITS = ("1", "2", "2", "2", "1", "2", "1")
 
 
 def _free_port() -> int:

@@ -123,6 +123,15 @@ def _give_up(session: Session, message: OutboxMessage) -> None:
                 f"Transcription failed {message.attempts} times (the worker crashed or timed out); "
                 "the sealed recording is kept for an agent to listen to."
             )
+        elif (
+            recording.status == RecordingStatus.STORED.value and recording.twilio_deleted_at is None
+        ):
+            # Our sealed copy is safe, but Twilio still holds the recording in clear.
+            recording.case.failure_reason = (
+                f"Twilio still holds a copy of recording {recording.recording_sid}: deleting it failed "
+                f"{message.attempts} times. Retry with `callcenter recordings retry {recording.id}`, "
+                "or delete it in the Twilio console."
+            )
         elif recording.status != RecordingStatus.STORED.value:
             recording.case.status = CaseStatus.RECORDING_FAILED.value
             recording.case.failure_reason = (
@@ -160,7 +169,18 @@ def _forget_job(redis: Redis, job_id: str) -> None:
     job.delete()
 
 
-def enqueue_committed(session: Session, redis: Redis, messages: Iterable[OutboxMessage]) -> None:
+def enqueue_committed(
+    session: Session,
+    redis: Redis,
+    messages: Iterable[OutboxMessage],
+    *,
+    job_timeout: int | None = None,
+) -> None:
     """Try to enqueue rows that the caller has committed; failures wait for the reconciler."""
     for message in messages:
-        enqueue(session, redis, message)
+        enqueue(session, redis, message, job_timeout=job_timeout)
+
+
+def job_timeouts(transcription_seconds: int) -> dict[str, int]:
+    """Return the rq job timeout of each job, with the transcription one from the settings."""
+    return {**JOB_TIMEOUTS, TRANSCRIBE_RECORDING: transcription_seconds}

@@ -80,7 +80,12 @@ def process_recording(recording_id: int) -> None:
         pending = session.scalars(
             outbox.pending_messages(outbox.TRANSCRIBE_RECORDING, recording.id)
         ).all()
-        outbox.enqueue_committed(session, runtime.redis, pending)
+        outbox.enqueue_committed(
+            session,
+            runtime.redis,
+            pending,
+            job_timeout=runtime.settings.transcription.job_timeout_seconds,
+        )
 
 
 def _download_and_seal(runtime: Runtime, session: Session, recording: Recording) -> None:

@@ -14,8 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from callcenter.errors import ConfigurationError
+from callcenter.logs import register_secrets
+from storage.models import CaseStatus, ObjectKind
 
 ENV_PREFIX = "CALLCENTER_"
 CONFIG_ENV = "CALLCENTER_CONFIG"
@@ -27,7 +30,10 @@ ALGORITHMS = (
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 # Keys that must never appear in config.toml, because the file is committed.
-SECRET_NAMES = ("auth_token", "password", "passphrase", "secret", "audit_key")
+SECRET_NAMES = ("auth_token", "password", "passphrase", "secret", "audit_key", "hash_key")
+# Redis hosts that may be reached without a password: only this machine's own users
+# can connect to them.
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 @dataclass(frozen=True)
@@ -68,9 +74,12 @@ class VoiceSettings:
     arabic_language: str
     english_voice: str
     english_language: str
-    prompts_dir: Path | None
+    calendar: str
+    agent_queue: str
+    max_queue_wait_seconds: int
     max_recording_seconds: int
     silence_timeout_seconds: int
+    min_recording_seconds: int
     gather_timeout_seconds: int
 
 
@@ -87,6 +96,23 @@ class SealingSettings:
     algorithm: str
     keys_dir: Path
     blobs_dir: Path
+    rotation_batch_size: int
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """Retention periods in days, per object kind and then per case status.
+
+    An object expires that many days after its case entered the status. A status that
+    is not listed for a kind keeps objects of that kind indefinitely.
+    """
+
+    periods: Mapping[str, Mapping[str, int]]
+    interval_seconds: int
+
+    def days_for(self, kind: str, status: str) -> int | None:
+        """Return the retention period of ``kind`` in ``status``, or None to keep it."""
+        return self.periods.get(kind, {}).get(status)
 
 
 @dataclass(frozen=True)
@@ -96,6 +122,9 @@ class Secrets:
     twilio_auth_token: str | None = field(default=None, repr=False)
     audit_key: bytes | None = field(default=None, repr=False)
     passphrases: Mapping[str, bytes] = field(default_factory=dict, repr=False)
+    caller_hash_key: bytes | None = field(default=None, repr=False)
+    # From CALLCENTER_<ROLE>_NEW_PASSPHRASE, for the key that a rotation creates.
+    new_passphrases: Mapping[str, bytes] = field(default_factory=dict, repr=False)
 
     def passphrase(self, role: str) -> bytes:
         """Return a role's passphrase, or raise naming the variable to set."""
@@ -107,6 +136,10 @@ class Secrets:
             )
         return value
 
+    def new_passphrase(self, role: str) -> bytes:
+        """Return the passphrase for a role's next key: the new one if set, else the current."""
+        return self.new_passphrases.get(role) or self.passphrase(role)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -117,6 +150,7 @@ class Settings:
     voice: VoiceSettings
     transcription: TranscriptionSettings
     sealing: SealingSettings
+    retention: RetentionSettings
     secrets: Secrets
     source: Path
 
@@ -144,6 +178,16 @@ class Settings:
                 "outside the database."
             )
         return self.secrets.audit_key
+
+    def require_caller_hash_key(self) -> bytes:
+        """Return the key of the caller hash (HMAC-SHA256), or raise naming how to set it."""
+        if self.secrets.caller_hash_key is None:
+            raise ConfigurationError(
+                "CALLCENTER_CALLER_HASH_KEY is not set: export 64 hex digits, for example "
+                "from `python -c 'import secrets; print(secrets.token_hex(32))'`, keep it "
+                "outside the database, and use the same value on every intake machine."
+            )
+        return self.secrets.caller_hash_key
 
 
 def passphrase_variable(role: str) -> str:
@@ -186,7 +230,20 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     _reject_secrets_in_file(raw, path)
     values = _apply_environment(raw, env)
-    return _build(values, env, path)
+    settings = _build(values, env, path)
+
+    # Every secret read is masked in log records from now on.
+    found = settings.secrets
+    register_secrets(
+        [
+            found.twilio_auth_token,
+            found.audit_key,
+            found.caller_hash_key,
+            *found.passphrases.values(),
+            *found.new_passphrases.values(),
+        ]
+    )
+    return settings
 
 
 def _reject_secrets_in_file(raw: Mapping[str, Any], path: Path) -> None:
@@ -233,6 +290,15 @@ def _convert(name: str, text: str, default: Any) -> Any:
                 f"{name}={text!r} is not a {type(default).__name__}: use a number."
             ) from None
 
+    if isinstance(default, dict):
+        # A table is written as a TOML inline table, such as { closed = 90 }.
+        try:
+            return tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            raise ConfigurationError(
+                f"{name}={text!r} is not a TOML inline table: use {{ status = days, ... }}."
+            ) from None
+
     return text
 
 
@@ -251,6 +317,7 @@ def _build(values: dict[str, dict[str, Any]], env: Mapping[str, str], path: Path
             voice=_voice(values["voice"]),
             transcription=_transcription(values["transcription"], instance),
             sealing=_sealing(values["sealing"], instance),
+            retention=_retention(values["retention"]),
             secrets=_secrets(env),
             source=path,
         )
@@ -307,6 +374,7 @@ def _database(table: dict[str, Any], instance: Path) -> DatabaseSettings:
 
 def _redis(table: dict[str, Any], instance: Path) -> RedisSettings:
     url = str(table["url"])
+    _check_redis_access(url)
     socket_path = instance / "redis.sock"
     return RedisSettings(
         url=url or f"unix://{socket_path}",
@@ -316,6 +384,24 @@ def _redis(table: dict[str, Any], instance: Path) -> RedisSettings:
             _positive("redis.reconcile_interval_seconds", table["reconcile_interval_seconds"])
         ),
     )
+
+
+def _check_redis_access(url: str) -> None:
+    """Reject a TCP Redis on another host that takes connections without a password.
+
+    Job ids are not secret, but whoever can write to the queues can make workers
+    process any row. A Unix socket (the embedded Redis) is guarded by its file mode.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        return
+
+    if not parts.password and parts.hostname not in LOOPBACK_HOSTS:
+        raise ConfigurationError(
+            f"redis.url points at {parts.hostname} without a password: set "
+            "CALLCENTER_REDIS__URL to redis://:PASSWORD@host:port/db (or rediss:// for TLS), "
+            "or use the embedded Redis on a Unix socket by leaving redis.url empty."
+        )
 
 
 def _twilio(table: dict[str, Any]) -> TwilioSettings:
@@ -345,7 +431,6 @@ def _twilio(table: dict[str, Any]) -> TwilioSettings:
 
 
 def _voice(table: dict[str, Any]) -> VoiceSettings:
-    prompts = str(table["prompts_dir"])
     max_seconds = int(_positive("voice.max_recording_seconds", table["max_recording_seconds"]))
     if max_seconds > 14400:
         raise ConfigurationError(
@@ -358,8 +443,11 @@ def _voice(table: dict[str, Any]) -> VoiceSettings:
         arabic_language=str(table["arabic_language"]),
         english_voice=str(table["english_voice"]),
         english_language=str(table["english_language"]),
-        prompts_dir=Path(prompts) if prompts else None,
+        calendar=str(table["calendar"]),
+        agent_queue=str(table["agent_queue"]),
+        max_queue_wait_seconds=int(_positive("voice.max_queue_wait_seconds", table["max_queue_wait_seconds"])),
         max_recording_seconds=max_seconds,
+        min_recording_seconds=int(_positive("voice.min_recording_seconds", table["min_recording_seconds"])),
         silence_timeout_seconds=int(
             _positive("voice.silence_timeout_seconds", table["silence_timeout_seconds"])
         ),
@@ -392,27 +480,70 @@ def _sealing(table: dict[str, Any], instance: Path) -> SealingSettings:
         algorithm=algorithm,
         keys_dir=_under(instance, str(table["keys_dir"])),
         blobs_dir=_under(instance, str(table["blobs_dir"])),
+        rotation_batch_size=int(
+            _positive("sealing.rotation_batch_size", table["rotation_batch_size"])
+        ),
     )
 
 
-def _secrets(env: Mapping[str, str]) -> Secrets:
-    audit_hex = env.get(f"{ENV_PREFIX}AUDIT_KEY")
-    audit_key = None
-    if audit_hex:
-        try:
-            audit_key = bytes.fromhex(audit_hex)
-        except ValueError:
+RETENTION_KINDS = {
+    "recording_days": ObjectKind.RECORDING.value,
+    "transcript_days": ObjectKind.TRANSCRIPT.value,
+    "identity_days": ObjectKind.IDENTITY.value,
+    "note_days": ObjectKind.NOTE.value,
+}
+
+
+def _retention(table: dict[str, Any]) -> RetentionSettings:
+    periods = {kind: _retention_periods(key, table[key]) for key, kind in RETENTION_KINDS.items()}
+    return RetentionSettings(
+        periods=periods,
+        interval_seconds=int(_positive("retention.interval_seconds", table["interval_seconds"])),
+    )
+
+
+def _retention_periods(key: str, value: Any) -> dict[str, int]:
+    """Check one kind's table of status → days."""
+    if not isinstance(value, dict):
+        raise ConfigurationError(
+            f"retention.{key} = {value!r} must be a table such as {{ closed = 90 }}."
+        )
+
+    statuses = {status.value for status in CaseStatus}
+    periods = {}
+    for status, days in value.items():
+        if status not in statuses:
             raise ConfigurationError(
-                "CALLCENTER_AUDIT_KEY is not hex: export 64 hex digits (32 random bytes)."
-            ) from None
-        if len(audit_key) < 32:
-            raise ConfigurationError(
-                f"CALLCENTER_AUDIT_KEY has {len(audit_key)} bytes: use at least 32 (64 hex digits)."
+                f"retention.{key} names unknown case status {status!r}: use one of "
+                f"{', '.join(sorted(statuses))}."
             )
+        if not isinstance(days, int) or isinstance(days, bool) or days < 0:
+            raise ConfigurationError(
+                f"retention.{key}.{status} = {days!r} must be a whole number of days, 0 or more."
+            )
+        periods[status] = days
+
+    return periods
+
+
+def _secrets(env: Mapping[str, str]) -> Secrets:
+    audit_key = _hex_key(env, f"{ENV_PREFIX}AUDIT_KEY")
+    caller_hash_key = _hex_key(env, f"{ENV_PREFIX}CALLER_HASH_KEY")
+    if caller_hash_key is not None and caller_hash_key == audit_key:
+        raise ConfigurationError(
+            "CALLCENTER_CALLER_HASH_KEY equals CALLCENTER_AUDIT_KEY: generate a separate "
+            "key for each, so that one leaked key does not expose the other's use."
+        )
 
     passphrases = {}
+    new_passphrases = {}
     for name, value in env.items():
-        if name.startswith(ENV_PREFIX) and name.endswith("_PASSPHRASE") and value:
+        if not (name.startswith(ENV_PREFIX) and name.endswith("_PASSPHRASE") and value):
+            continue
+        if name.endswith("_NEW_PASSPHRASE"):
+            role = name[len(ENV_PREFIX) : -len("_NEW_PASSPHRASE")].lower()
+            new_passphrases[role] = value.encode("utf-8")
+        else:
             role = name[len(ENV_PREFIX) : -len("_PASSPHRASE")].lower()
             passphrases[role] = value.encode("utf-8")
 
@@ -420,4 +551,24 @@ def _secrets(env: Mapping[str, str]) -> Secrets:
         twilio_auth_token=env.get(f"{ENV_PREFIX}TWILIO_AUTH_TOKEN") or None,
         audit_key=audit_key,
         passphrases=passphrases,
+        caller_hash_key=caller_hash_key,
+        new_passphrases=new_passphrases,
     )
+
+
+def _hex_key(env: Mapping[str, str], name: str) -> bytes | None:
+    """Parse a key given as hex digits in ``name``; None when the variable is unset."""
+    text = env.get(name)
+    if not text:
+        return None
+
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigurationError(
+            f"{name} is not hex: export 64 hex digits (32 random bytes)."
+        ) from None
+    if len(key) < 32:
+        raise ConfigurationError(f"{name} has {len(key)} bytes: use at least 32 (64 hex digits).")
+
+    return key

@@ -5,16 +5,15 @@ each action URL names the node it answers (``?node=``), and a request for a node
 the call has already left is a replay, answered by re-rendering the current node
 without applying it again. Recordings are keyed by RecordingSid.
 
-Per-call state lives in the ``calls`` table keyed by CallSid, because Twilio does
-not keep cookies for voice calls. The caller's number is never stored or logged.
+The caller's number is never stored in clear or logged: it goes only into the
+sealed identity record and, as a keyed hash, into ``calls.caller_hash``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, request, send_from_directory
@@ -24,15 +23,18 @@ from sqlalchemy.orm import Session
 from twilio.twiml.voice_response import VoiceResponse
 
 from callcenter import outbox
-from callcenter.references import allocate_reference
+from callcenter.calls import FlowHolder, find_call, open_case, state_of, store_state
+from callcenter.identity_hooks import caller_key, on_case_opened
+from callcenter.references import is_valid_reference
 from callcenter.runtime import Runtime
 from callcenter.signature import require_twilio_signature
 from ivr_flows import engine
+from ivr_flows.calendar import Calendar
 from ivr_flows.engine import CallState
-from ivr_flows.model import Flow, NodeKind
-from ivr_flows.render import RenderOptions, render
+from ivr_flows.model import Flow, NodeKind, Prompt
+from ivr_flows.render import Context, RenderOptions, render
 from storage.audit import append_event
-from storage.models import Call, Case, CaseStatus, Recording
+from storage.models import Call, Case, Recording
 
 logger = logging.getLogger("callcenter.voice")
 
@@ -45,31 +47,49 @@ FAILURE_PROMPTS = (
         "Sorry, a technical error occurred. What you sent so far has been kept. Please call again later.",
     ),
 )
+# Follow-up lookups allowed per caller per hour, against guessing other callers' references.
+FOLLOW_UP_LIMIT = 5
+FOLLOW_UP_WINDOW_SECONDS = 3600
 
 
 class _Urls:
     """Absolute webhook URLs with ASCII-only query strings, so signatures match byte for byte."""
 
     def __init__(self, base: str) -> None:
-        self.base = base + bp.url_prefix if bp.url_prefix else base
+        self.base = f"{base}/voice"
+
+    def _url(self, path: str, node: str) -> str:
+        return f"{self.base}/{path}?node={node}"
 
     def gather(self, node: str) -> str:
-        return f"{self.base}/gather?node={node}"
+        return self._url("gather", node)
 
     def no_input(self, node: str) -> str:
-        return f"{self.base}/no-input?node={node}"
+        return self._url("no-input", node)
 
     def next(self, node: str) -> str:
-        return f"{self.base}/next?node={node}"
+        return self._url("next", node)
 
     def recorded(self, node: str) -> str:
-        return f"{self.base}/recorded?node={node}"
+        return self._url("recorded", node)
 
     def empty_recording(self, node: str) -> str:
-        return f"{self.base}/empty-recording?node={node}"
+        return self._url("empty-recording", node)
 
     def recording_status(self) -> str:
         return f"{self.base}/recording-status"
+
+    def follow_up(self, node: str) -> str:
+        return self._url("follow-up", node)
+
+    def queue_wait(self, node: str) -> str:
+        return self._url("queue-wait", node)
+
+    def queue_result(self, node: str) -> str:
+        return self._url("queue-result", node)
+
+    def unavailable(self, node: str) -> str:
+        return self._url("unavailable", node)
 
 
 def _runtime() -> Runtime:
@@ -78,12 +98,25 @@ def _runtime() -> Runtime:
 
 
 def _flow() -> Flow:
-    flow: Flow = current_app.extensions["callcenter_flow"]
-    return flow
+    holder: FlowHolder = current_app.extensions["callcenter_flow"]
+    return holder.current()
+
+
+def _calendar() -> Calendar:
+    calendar: Calendar = current_app.extensions["callcenter_calendar"]
+    return calendar
+
+
+def _audit_key() -> bytes:
+    return _runtime().settings.require_audit_key()
 
 
 def _twiml(response: VoiceResponse) -> Response:
     return Response(response.to_xml(), mimetype="text/xml")
+
+
+def _empty() -> Response:
+    return _twiml(VoiceResponse())
 
 
 def _call_sid() -> str:
@@ -100,34 +133,22 @@ def _node_param() -> str:
     return node
 
 
-def _state_of(call: Call) -> CallState:
-    return CallState(
-        node=call.node,
-        language=call.language,
-        answers=MappingProxyType(dict(call.answers)),
-        retries=call.retries,
-    )
-
-
-def _store_state(call: Call, state: CallState) -> None:
-    call.node = state.node
-    call.language = state.language
-    call.answers = dict(state.answers)
-    call.retries = state.retries
-
-
 def _load_call(session: Session, call_sid: str) -> Call:
-    call = session.scalar(select(Call).where(Call.call_sid == call_sid))
+    call = find_call(session, call_sid)
     if call is None:
         # A continuation for a call we never answered: forged, or from another app.
         logger.warning("no call state for %s on %s", call_sid, request.path)
         abort(404)
+    if call.node not in _flow().nodes:
+        # The flow was edited and this node removed: continue from the start.
+        logger.warning("call %s was at node %s, which the reloaded flow lacks", call_sid, call.node)
+        store_state(call, engine.start(_flow()))
     return call
 
 
 def _prompt_file_url(language: str, node: str) -> str | None:
-    folder = current_app.config.get("PROMPTS_DIR")
-    if folder is None or not (Path(folder) / language / f"{node}.wav").is_file():
+    flow = _flow()
+    if flow.prompts_dir is None or not (flow.prompts_dir / language / f"{node}.wav").is_file():
         return None
     return f"{current_app.config['PUBLIC_BASE_URL']}/voice/prompts/{language}/{node}.wav"
 
@@ -140,63 +161,43 @@ def _render_options() -> RenderOptions:
         max_recording_seconds=options.max_recording_seconds,
         silence_timeout_seconds=options.silence_timeout_seconds,
         prompt_file_url=_prompt_file_url,
+        agent_queue=options.agent_queue,
     )
 
 
 def _open_case(session: Session, call: Call) -> Case:
-    """Open the call's case when it reaches the recording step."""
-    if call.case is not None:
-        return call.case
-
-    answers = call.answers
-    case = Case(
-        reference=allocate_reference(session),
-        channel="ivr",
-        status=CaseStatus.RECEIVED.value,
-        complaint_type=answers.get("complaint_type"),
-        category=answers.get("category") or answers.get("complaint_type"),
-        language=call.language,
-    )
-    session.add(case)
-    session.flush()
-    call.case_id = case.id
-    call.case = case
-
-    append_event(
-        session,
-        chain_key=_runtime().settings.require_audit_key(),
-        actor="intake",
-        action="case.opened",
-        case_id=case.id,
-        details={"channel": "ivr", "call_id": call.id},
-    )
-    logger.info("opened case %d for call %s", case.id, call.call_sid)
-    return case
+    opened = open_case(session, call, audit_key=_audit_key())
+    if opened.created:
+        on_case_opened(
+            session, _runtime(), call=call, case=opened.case, caller=request.form.get("From", "")
+        )
+    return opened.case
 
 
-def _respond(session: Session, call: Call) -> Response:
-    """Render the call's current node, opening the case where the flow records."""
+def _respond(session: Session, call: Call, preface: Sequence[Prompt] = ()) -> Response:
+    """Render the call's current node after committing its state."""
     flow = _flow()
-    state = _state_of(call)
-    node = flow.node(state.node)
+    node = flow.node(call.node)
+    context = Context(preface=preface)
 
-    reference = None
-    if node.kind in (NodeKind.RECORD, NodeKind.REFERENCE):
-        reference = _open_case(session, call).reference
+    if node.kind is NodeKind.REFERENCE:
+        case = session.get(Case, call.case_id) if call.case_id is not None else None
+        if case is None:
+            # No recording reached us, so there is no case and no number to read.
+            store_state(call, engine.advance(flow, state_of(call)))
+            return _respond(session, call, preface)
+        context = Context(reference=case.reference, preface=preface)
+    elif node.kind is NodeKind.AGENT:
+        open_now = _calendar().is_open(datetime.now(UTC))
+        hours = Prompt(texts=_calendar().description)
+        context = Context(preface=preface, agents_open=open_now, hours=hours)
 
     session.commit()
-    return _twiml(
-        render(
-            flow,
-            state,
-            _Urls(current_app.config["PUBLIC_BASE_URL"]),
-            _render_options(),
-            reference=reference,
-        )
-    )
+    urls = _Urls(current_app.config["PUBLIC_BASE_URL"])
+    return _twiml(render(flow, state_of(call), urls, _render_options(), context))
 
 
-def _move(session: Session, call: Call, node_id: str, step: str) -> Response:
+def _apply(session: Session, call: Call, node_id: str, step: str) -> Response:
     """Apply one step to a call unless this request is a replay of an older one."""
     flow = _flow()
     if call.node != node_id:
@@ -205,15 +206,17 @@ def _move(session: Session, call: Call, node_id: str, step: str) -> Response:
         )
         return _respond(session, call)
 
-    state = _state_of(call)
+    state = state_of(call)
     if step == "gather":
         state = engine.press(flow, state, request.form.get("Digits", ""))
     elif step == "no-input":
         state = engine.no_input(flow, state)
+    elif step == "unavailable":
+        state = engine.unavailable(flow, state)
     else:
         state = engine.advance(flow, state)
 
-    _store_state(call, state)
+    store_state(call, state)
     return _respond(session, call)
 
 
@@ -225,7 +228,7 @@ def incoming() -> Response:
     flow = _flow()
 
     with _runtime().session() as session:
-        call = session.scalar(select(Call).where(Call.call_sid == call_sid))
+        call = find_call(session, call_sid)
         if call is None:
             state = engine.start(flow)
             call = Call(
@@ -243,6 +246,7 @@ def incoming() -> Response:
                 session.rollback()
                 call = _load_call(session, call_sid)
             else:
+                caller_key(session, _runtime(), call=call, caller=request.form.get("From", ""))
                 logger.info("answered call %s", call_sid)
         return _respond(session, call)
 
@@ -250,10 +254,10 @@ def incoming() -> Response:
 @bp.post("/gather")
 @require_twilio_signature
 def gather() -> Response:
-    """Apply the key a caller pressed at a menu."""
+    """Apply the key a caller pressed at a menu or at the reference read-back."""
     node_id = _node_param()
     with _runtime().session() as session:
-        return _move(session, _load_call(session, _call_sid()), node_id, "gather")
+        return _apply(session, _load_call(session, _call_sid()), node_id, "gather")
 
 
 @bp.post("/no-input")
@@ -262,64 +266,177 @@ def no_input() -> Response:
     """Handle a menu the caller let time out."""
     node_id = _node_param()
     with _runtime().session() as session:
-        return _move(session, _load_call(session, _call_sid()), node_id, "no-input")
+        return _apply(session, _load_call(session, _call_sid()), node_id, "no-input")
 
 
 @bp.post("/next")
 @require_twilio_signature
 def next_node() -> Response:
-    """Continue after a message or the reference read-back."""
+    """Continue after a message."""
     node_id = _node_param()
     with _runtime().session() as session:
-        return _move(session, _load_call(session, _call_sid()), node_id, "next")
+        return _apply(session, _load_call(session, _call_sid()), node_id, "next")
 
 
 @bp.post("/recorded")
 @require_twilio_signature
 def recorded() -> Response:
-    """Move the call on after <Record>; the file itself arrives by the status callback."""
+    """Open the case and move on after <Record>; the file itself arrives by the status callback."""
     node_id = _node_param()
-    with _runtime().session() as session:
-        call = _load_call(session, _call_sid())
-        if request.form.get("Digits") == "hangup":
-            # The caller is gone: TwiML returned now would not be played.
-            if call.node == node_id:
-                _store_state(call, engine.advance(_flow(), _state_of(call)))
-                session.commit()
-            return _twiml(VoiceResponse())
-        return _move(session, call, node_id, "next")
-
-
-@bp.post("/empty-recording")
-@require_twilio_signature
-def empty_recording() -> Response:
-    """Ask once more after an empty recording, then say goodbye."""
-    node_id = _node_param()
+    form = request.form
     flow = _flow()
+    minimum = current_app.config["MIN_RECORDING_SECONDS"]
+
     with _runtime().session() as session:
         call = _load_call(session, _call_sid())
         if call.node != node_id:
             return _respond(session, call)
 
-        node = flow.node(node_id)
-        if call.retries < 1 or node.fallback is None:
-            call.retries += 1
+        has_recording = bool(form.get("RecordingUrl"))
+        duration = _int_or_none(form.get("RecordingDuration")) or 0
+        if has_recording:
+            _open_case(session, call)
+
+        if form.get("Digits") == "hangup":
+            # The caller is gone: TwiML returned now would not be played.
+            store_state(call, engine.advance(flow, state_of(call)))
+            session.commit()
+            return _empty()
+
+        if not has_recording or duration < minimum:
+            store_state(call, engine.retry(flow, state_of(call)))
         else:
-            call.node = node.fallback
-            call.retries = 0
-            if call.case is not None and not call.case.recordings:
-                call.case.failure_reason = "The caller did not speak after the beep, twice."
+            store_state(call, engine.advance(flow, state_of(call)))
         return _respond(session, call)
+
+
+@bp.post("/empty-recording")
+@require_twilio_signature
+def empty_recording() -> Response:
+    """Ask once more after an empty recording, then take the record node's fallback."""
+    node_id = _node_param()
+    with _runtime().session() as session:
+        call = _load_call(session, _call_sid())
+        if call.node != node_id:
+            return _respond(session, call)
+        store_state(call, engine.retry(_flow(), state_of(call)))
+        return _respond(session, call)
+
+
+@bp.post("/follow-up")
+@require_twilio_signature
+def follow_up() -> Response:
+    """Read the status of the case whose reference the caller typed, in plain words."""
+    node_id = _node_param()
+    flow = _flow()
+    node = flow.node(node_id)
+    digits = request.form.get("Digits", "")
+
+    with _runtime().session() as session:
+        call = _load_call(session, _call_sid())
+        if call.node != node_id:
+            return _respond(session, call)
+
+        state = state_of(call)
+        if not digits:
+            store_state(call, engine.retry(flow, state))
+            return _respond(session, call)
+
+        if not _follow_up_allowed(call):
+            store_state(call, engine.advance(flow, state))
+            return _respond(session, call, [node.extra("limit_prompt")])
+
+        if not is_valid_reference(digits):
+            store_state(call, engine.retry(flow, state))
+            return _respond(session, call, [node.extra("invalid_prompt")])
+
+        case = session.scalar(select(Case).where(Case.reference == digits))
+        if case is None:
+            store_state(call, engine.retry(flow, state))
+            return _respond(session, call, [node.extra("not_found_prompt")])
+
+        append_event(
+            session,
+            chain_key=_audit_key(),
+            actor="intake",
+            action="case.status_read_by_phone",
+            case_id=case.id,
+            details={"call_id": call.id},
+        )
+        status = node.statuses.get(case.status) or node.statuses["other"]
+        store_state(call, engine.advance(flow, state))
+        return _respond(session, call, [status])
+
+
+def _follow_up_allowed(call: Call) -> bool:
+    """Count a lookup against the caller's hourly limit; False once it is used up."""
+    key = f"callcenter:follow-up:{call.caller_hash or call.call_sid}"
+    redis = _runtime().redis
+    count = int(redis.incr(key))
+    if count == 1:
+        redis.expire(key, FOLLOW_UP_WINDOW_SECONDS)
+    return count <= FOLLOW_UP_LIMIT
+
+
+@bp.post("/queue-wait")
+@require_twilio_signature
+def queue_wait() -> Response:
+    """Tell a waiting caller their position; leave the queue once the wait is too long."""
+    node = _flow().node(_node_param())
+    waited = _int_or_none(request.form.get("QueueTime")) or 0
+    position = request.form.get("QueuePosition", "")
+    response = VoiceResponse()
+
+    if waited >= current_app.config["MAX_QUEUE_WAIT_SECONDS"]:
+        response.leave()
+        return _twiml(response)
+
+    with _runtime().session() as session:
+        call = _load_call(session, _call_sid())
+        language = call.language
+    voice = _render_options().voices[language]
+    text = (
+        node.extra("wait_prompt")
+        .text(language)
+        .replace("{position}", position if position.isdigit() else "")
+    )
+    response.say(text, voice=voice.name, language=voice.language)
+    response.pause(length=20)
+    return _twiml(response)
+
+
+@bp.post("/queue-result")
+@require_twilio_signature
+def queue_result() -> Response:
+    """After the queue: hang up when an agent took the call, else offer to record."""
+    node_id = _node_param()
+    result = request.form.get("QueueResult", "")
+    with _runtime().session() as session:
+        call = _load_call(session, _call_sid())
+        if result == "bridged" or call.node != node_id:
+            return _empty() if result == "bridged" else _respond(session, call)
+        store_state(call, engine.unavailable(_flow(), state_of(call)))
+        return _respond(session, call, [_flow().node(node_id).extra("busy_prompt")])
+
+
+@bp.post("/unavailable")
+@require_twilio_signature
+def unavailable() -> Response:
+    """Continue after the hours were read, or when the queue could not take the call."""
+    node_id = _node_param()
+    with _runtime().session() as session:
+        return _apply(session, _load_call(session, _call_sid()), node_id, "unavailable")
 
 
 def _recording_url_allowed(url: str) -> bool:
     """Accept only media URLs on Twilio's API host; anything else is never downloaded."""
     allowed = urlsplit(current_app.config["TWILIO_API_BASE_URL"])
     given = urlsplit(url)
-    return (given.scheme, given.netloc) == (
-        allowed.scheme,
-        allowed.netloc,
-    ) and "/Recordings/RE" in given.path
+    return (
+        (given.scheme, given.netloc) == (allowed.scheme, allowed.netloc)
+        and given.username is None
+        and "/Recordings/RE" in given.path
+    )
 
 
 @bp.post("/recording-status")
@@ -343,7 +460,7 @@ def recording_status() -> Response:
             status,
             form.get("ErrorCode", "none"),
         )
-        return _twiml(VoiceResponse())
+        return _empty()
 
     url = form.get("RecordingUrl", "")
     if not _recording_url_allowed(url):
@@ -359,7 +476,7 @@ def recording_status() -> Response:
             is not None
         ):
             logger.info("recording %s already registered (replay)", recording_sid)
-            return _twiml(VoiceResponse())
+            return _empty()
 
         call = _load_call(session, call_sid)
         case = _open_case(session, call)
@@ -376,7 +493,7 @@ def recording_status() -> Response:
         except IntegrityError:
             session.rollback()
             logger.info("recording %s registered by a concurrent retry", recording_sid)
-            return _twiml(VoiceResponse())
+            return _empty()
 
         message = outbox.add_message(
             session,
@@ -390,30 +507,36 @@ def recording_status() -> Response:
         # Committed first, enqueued second: if Redis is down the reconciler enqueues it.
         outbox.enqueue(session, runtime.redis, message)
 
-    return _twiml(VoiceResponse())
+    return _empty()
 
 
 @bp.post("/status")
 @require_twilio_signature
 def call_status() -> Response:
-    """Record the call's final status; Twilio ignores the response body."""
+    """Record the call's final status; a call that ended in the menus stays without a case."""
     with _runtime().session() as session:
-        call = session.scalar(select(Call).where(Call.call_sid == _call_sid()))
+        call = find_call(session, _call_sid())
         if call is not None:
             call.twilio_status = request.form.get("CallStatus", "completed")[:32]
             call.ended_at = call.ended_at or datetime.now(UTC)
             session.commit()
-            logger.info("call %s ended: %s", call.call_sid, call.twilio_status)
-    return _twiml(VoiceResponse())
+            logger.info(
+                "call %s ended %s at node %s %s",
+                call.call_sid,
+                call.twilio_status,
+                call.node,
+                "with a case" if call.case_id is not None else "without a case",
+            )
+    return _empty()
 
 
 @bp.get("/prompts/<language>/<name>")
 def prompt_file(language: str, name: str) -> Response:
     """Serve recorded prompts; Twilio fetches <Play> URLs without parameters or signature."""
-    folder = current_app.config.get("PROMPTS_DIR")
-    if folder is None or language not in _flow().languages:
+    flow = _flow()
+    if flow.prompts_dir is None or language not in flow.languages:
         abort(404)
-    return send_from_directory(Path(folder) / language, name, mimetype="audio/wav")
+    return send_from_directory(flow.prompts_dir / language, name, mimetype="audio/wav")
 
 
 def failure_twiml() -> Response:
@@ -431,3 +554,6 @@ def _int_or_none(value: str | None) -> int | None:
     if value is None or not value.isdigit():
         return None
     return int(value)
+
+
+__all__ = ["CallState", "bp", "failure_twiml"]

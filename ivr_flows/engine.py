@@ -10,7 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from ivr_flows.model import Flow, Node, NodeKind
+from ivr_flows.model import AGENT_KEY, MENU_KINDS, REPEAT_KEY, Flow, Node, NodeKind
+
+# An empty or too short recording is asked for once more, then the call moves on.
+RECORD_RETRIES = 1
 
 
 @dataclass(frozen=True)
@@ -28,12 +31,22 @@ def start(flow: Flow) -> CallState:
 
 
 def press(flow: Flow, state: CallState, digits: str) -> CallState:
-    """Apply the keys a caller typed at a menu; an unknown key re-prompts."""
+    """Apply the keys a caller typed at a menu or at the reference read-back."""
     node = flow.node(state.node)
     key = digits[:1]
+
+    if node.kind is NodeKind.REFERENCE:
+        # * hears the number again; anything else moves on.
+        return state if key == REPEAT_KEY else advance(flow, state)
+
+    if key == REPEAT_KEY:
+        return state
+    if key == AGENT_KEY and node.agent is not None:
+        return _move(state, node.agent)
+
     option = node.option(key) if key else None
     if option is None:
-        return _retry(flow, state)
+        return retry(flow, state)
 
     answers = dict(state.answers)
     answers.update(option.sets)
@@ -42,31 +55,56 @@ def press(flow: Flow, state: CallState, digits: str) -> CallState:
 
 
 def no_input(flow: Flow, state: CallState) -> CallState:
-    """Handle a menu that timed out; the language menu keeps the default language at once."""
+    """Handle a prompt that timed out; the language menu keeps the default language at once."""
     node = flow.node(state.node)
     if node.kind is NodeKind.LANGUAGE:
-        return replace(state, node=_fallback_of(node), retries=0)
-    return _retry(flow, state)
+        return _move(state, _fallback_of(node))
+    if node.kind is NodeKind.REFERENCE:
+        return advance(flow, state)
+    return retry(flow, state)
 
 
 def advance(flow: Flow, state: CallState) -> CallState:
-    """Move past a node that has a single next step (message, record, reference)."""
+    """Move past a node that has a single next step (message, record, reference, follow-up)."""
     node = flow.node(state.node)
     if node.next is None:
         return state
-    return replace(state, node=node.next, retries=0)
+    return _move(state, node.next)
 
 
-def _retry(flow: Flow, state: CallState) -> CallState:
+def retry(flow: Flow, state: CallState) -> CallState:
+    """Re-prompt the current node, or take its fallback once the retries are used up."""
     node = flow.node(state.node)
-    if state.retries < flow.max_retries:
+    limit = RECORD_RETRIES if node.kind is NodeKind.RECORD else flow.max_retries
+    if state.retries < limit:
         return replace(state, retries=state.retries + 1)
 
-    return replace(state, node=_fallback_of(node), retries=0)
+    if node.kind in MENU_KINDS or node.kind is NodeKind.RECORD:
+        return _move(state, _fallback_of(node))
+    return advance(flow, state)
+
+
+def unavailable(flow: Flow, state: CallState) -> CallState:
+    """Move an agent node to where callers go when no agent can take the call."""
+    node = flow.node(state.node)
+    if node.unavailable is None:
+        raise ValueError(f"node {node.id!r} has no unavailable target")
+    return _move(state, node.unavailable)
+
+
+def with_answer(state: CallState, name: str, value: str) -> CallState:
+    """Return the state with one answer set, for answers the web layer learns itself."""
+    answers = dict(state.answers)
+    answers[name] = value
+    return replace(state, answers=MappingProxyType(answers))
+
+
+def _move(state: CallState, node_id: str) -> CallState:
+    return replace(state, node=node_id, retries=0)
 
 
 def _fallback_of(node: Node) -> str:
     if node.fallback is None:
-        # The loader requires a fallback on every menu, so only a hand-built flow gets here.
-        raise ValueError(f"menu {node.id!r} has no fallback node")
+        # The loader requires a fallback on menus and record nodes, so only a hand-built flow gets here.
+        raise ValueError(f"node {node.id!r} has no fallback")
     return node.fallback

@@ -12,7 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from ivr_flows.errors import FlowError
-from ivr_flows.model import ANSWER_FIELDS, Flow, Node, NodeKind, Option, Prompt
+from ivr_flows.model import (
+    AGENT_KEY,
+    ANSWER_FIELDS,
+    EXTRA_PROMPTS,
+    MENU_KINDS,
+    REPEAT_KEY,
+    Flow,
+    Node,
+    NodeKind,
+    Option,
+    Prompt,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DIGITS = frozenset("0123456789*#")
@@ -71,6 +82,7 @@ def _parse_flow(path: Path, raw: Mapping[str, Any]) -> Flow:
         for node_id, body in nodes_raw.items()
     }
 
+    prompts_dir = header.get("prompts_dir")
     return Flow(
         id=str(_required(path, None, "flow.id", header.get("id"))),
         start=str(_required(path, None, "flow.start", header.get("start"))),
@@ -79,6 +91,7 @@ def _parse_flow(path: Path, raw: Mapping[str, Any]) -> Flow:
         max_retries=max_retries,
         nodes=nodes,
         source=path,
+        prompts_dir=(path.parent / str(prompts_dir)) if prompts_dir else None,
     )
 
 
@@ -103,19 +116,39 @@ def _parse_node(
         ) from None
 
     retry_raw = body.get("retry_prompt")
+    statuses = _table(path, node_id, "statuses", body.get("statuses", {}))
     return Node(
         id=node_id,
         kind=kind,
         prompt=_parse_prompt(path, node_id, "prompt", body.get("prompt"), languages),
-        next=body.get("next"),
+        next=_optional_text(path, node_id, "next", body.get("next")),
         options=tuple(_parse_options(path, node_id, body.get("options", []))),
-        fallback=body.get("fallback"),
+        fallback=_optional_text(path, node_id, "fallback", body.get("fallback")),
+        agent=_optional_text(path, node_id, "agent", body.get("agent")),
         retry_prompt=(
             _parse_prompt(path, node_id, "retry_prompt", retry_raw, languages)
             if retry_raw
             else None
         ),
+        prompts={
+            name: _parse_prompt(path, node_id, name, body.get(name), languages)
+            for name in EXTRA_PROMPTS.get(kind, ())
+        },
+        statuses={
+            code: _parse_prompt(path, node_id, f"statuses.{code}", text, languages)
+            for code, text in statuses.items()
+        },
+        unavailable=_optional_text(path, node_id, "unavailable", body.get("unavailable")),
+        audio=bool(body.get("audio", False)),
     )
+
+
+def _optional_text(path: Path, node_id: str, field: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise FlowError(path, node_id, field, f"{value!r} must be a node id in quotes")
+    return value
 
 
 def _parse_prompt(
@@ -155,6 +188,10 @@ def _parse_options(path: Path, node_id: str, raw: Any) -> Iterator[Option]:
         if digit not in DIGITS or len(digit) != 1:
             raise FlowError(
                 path, node_id, f"{field}.digit", f"{digit!r} must be one key: 0-9, * or #"
+            )
+        if digit == REPEAT_KEY:
+            raise FlowError(
+                path, node_id, f"{field}.digit", f"{REPEAT_KEY!r} is reserved: it repeats the menu"
             )
         if digit in seen:
             raise FlowError(
@@ -198,28 +235,51 @@ def _validate(flow: Flow) -> None:
         raise FlowError(path, None, "nodes", "no hangup node: every call needs a goodbye")
 
 
+# Fields each node kind must have, so that no caller reaches a dead end.
+REQUIRED_TARGETS: dict[NodeKind, tuple[str, ...]] = {
+    NodeKind.LANGUAGE: ("fallback",),
+    NodeKind.MENU: ("fallback",),
+    NodeKind.MESSAGE: ("next",),
+    NodeKind.RECORD: ("next", "fallback"),
+    NodeKind.REFERENCE: ("next",),
+    NodeKind.FOLLOW_UP: ("next",),
+    NodeKind.AGENT: ("unavailable",),
+    NodeKind.HANGUP: (),
+}
+
+
 def _validate_node(flow: Flow, node: Node) -> None:
     path = flow.source
-    menu_kinds = (NodeKind.MENU, NodeKind.LANGUAGE)
 
-    if node.kind in menu_kinds:
+    if node.kind in MENU_KINDS:
         if not node.options:
             raise FlowError(path, node.id, "options", "a menu needs at least one option")
-        if node.fallback is None:
+        if node.agent is not None and node.option(AGENT_KEY) is not None:
             raise FlowError(
-                path,
-                node.id,
-                "fallback",
-                "a menu needs a fallback node for callers who press nothing valid",
+                path, node.id, "agent", f"{AGENT_KEY!r} cannot be both an option and the agent key"
             )
     elif node.options:
         raise FlowError(path, node.id, "options", f"a {node.kind.value} node has no options")
 
-    if node.kind is NodeKind.HANGUP:
-        if node.next is not None:
-            raise FlowError(path, node.id, "next", "a hangup node ends the call and has no next")
-    elif node.kind not in menu_kinds and node.next is None:
-        raise FlowError(path, node.id, "next", "dead end: say where the call goes after this node")
+    for field in REQUIRED_TARGETS[node.kind]:
+        if getattr(node, field) is None:
+            raise FlowError(
+                path, node.id, field, f"dead end: a {node.kind.value} node needs {field}"
+            )
+
+    if node.kind is NodeKind.HANGUP and node.next is not None:
+        raise FlowError(path, node.id, "next", "a hangup node ends the call and has no next")
+
+    if node.kind is NodeKind.FOLLOW_UP and "other" not in node.statuses:
+        raise FlowError(
+            path,
+            node.id,
+            "statuses.other",
+            "missing: the sentence read for any status without its own",
+        )
+
+    if node.audio:
+        _check_audio_files(flow, node)
 
     for field, target in _targets(node):
         if target not in flow.nodes:
@@ -236,11 +296,22 @@ def _validate_node(flow: Flow, node: Node) -> None:
                 )
 
 
+def _check_audio_files(flow: Flow, node: Node) -> None:
+    if flow.prompts_dir is None:
+        raise FlowError(
+            flow.source, node.id, "audio", "set flow.prompts_dir to the folder of recorded prompts"
+        )
+    for language in flow.languages:
+        file = flow.prompts_dir / language / f"{node.id}.wav"
+        if not file.is_file():
+            raise FlowError(flow.source, node.id, "audio", f"prompt file not found: {file}")
+
+
 def _targets(node: Node) -> Iterator[tuple[str, str]]:
-    if node.next is not None:
-        yield "next", node.next
-    if node.fallback is not None:
-        yield "fallback", node.fallback
+    for field in ("next", "fallback", "agent", "unavailable"):
+        target = getattr(node, field)
+        if target is not None:
+            yield field, target
     for index, option in enumerate(node.options):
         yield f"options[{index}].next", option.next
 

@@ -21,7 +21,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from storage.errors import StorageError
-from storage.models import AuditEvent, utcnow
+from storage.models import AuditEvent, Case, CaseStatus, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,36 @@ def append_event(
     session.flush()
 
     return event
+
+
+def change_case_status(
+    session: Session,
+    case: Case,
+    status: CaseStatus,
+    *,
+    chain_key: bytes,
+    actor: str,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent | None:
+    """Set a case's status and append a ``case.status_changed`` event in one transaction.
+
+    Returns None, and appends nothing, when the case already has that status. The
+    caller commits.
+    """
+    status = CaseStatus(status)
+    previous = case.status
+    if previous == status.value:
+        return None
+
+    case.status = status.value
+    return append_event(
+        session,
+        chain_key=chain_key,
+        actor=actor,
+        action="case.status_changed",
+        case_id=case.id,
+        details={**(details or {}), "from": previous, "to": status.value},
+    )
 
 
 def verify_chain(session: Session, chain_key: bytes, known_head: str | None = None) -> VerifyResult:

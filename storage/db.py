@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 
 def make_engine(url: str, **options: Any) -> Engine:
-    """Create an engine; SQLite gets WAL, foreign keys and a busy timeout.
+    """Create an engine; SQLite gets WAL, foreign keys, secure delete and a busy timeout.
 
     WAL lets the intake app read while a worker writes, and the busy timeout makes
     a writer wait for the lock instead of failing a webhook at once.
@@ -29,6 +29,9 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=FULL")
+    # Deleted rows are overwritten with zeros, so an erased object's key wraps do not
+    # linger in free pages of the database file (see storage.vault.destroy_wraps).
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 

@@ -18,7 +18,10 @@ import base64
 import binascii
 import json
 import logging
+import re
 import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,20 @@ _NONCE_SIZE = 12
 _DERIVED_KEY_SIZE = 32
 _PUBLIC_MODE = 0o644
 _PRIVATE_MODE = 0o600
+_KEY_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """One key of a role as found in the key directory, current or retired."""
+
+    role: str
+    key_id: str
+    algorithm: str
+    current: bool
+    has_private: bool
+    # From the file's created_at field; files written before it existed give their mtime.
+    created_at: datetime
 
 
 class KeyStore:
@@ -124,7 +141,119 @@ class KeyStore:
     def load_public(self, role: str) -> PublicKey:
         """Read a role's public key; raises KeyNotFoundError when its file is missing."""
         check_role_name(role)
+        return self._load_public_file(self.public_path(role), role)
+
+    def load_private(self, role: str, passphrase: bytes) -> PrivateKey:
+        """Decrypt a role's private key with ``passphrase``.
+
+        Raises KeyNotFoundError when the private file is missing, WrongPassphraseError
+        when the passphrase does not open it, and SealingError when the file is invalid
+        or belongs to another key than the role's public file.
+        """
+        check_role_name(role)
+        private_key = self._load_private_file(self.private_path(role), role, passphrase)
+
+        if self.public_path(role).exists():
+            public_key = self.load_public(role)
+            if public_key.key_id != private_key.key_id:
+                raise SealingError(
+                    f"The public and private key files of role {role!r} in {self.directory} "
+                    f"belong to different keys ({public_key.key_id} and {private_key.key_id})."
+                )
+
+        return private_key
+
+    def load_private_by_id(self, role: str, key_id: str, passphrase: bytes) -> PrivateKey:
+        """Decrypt the private key ``key_id`` of ``role``, current or retired.
+
+        Rotation needs the retired key to unwrap the data keys that it re-wraps. Raises
+        KeyNotFoundError when neither the current file nor a retired file has that key.
+        """
+        check_role_name(role)
+        _check_key_id(key_id)
+        if self.current_key_id(role) == key_id:
+            return self.load_private(role, passphrase)
+
+        path = self._retired_path(role, key_id, "private")
+        private_key = self._load_private_file(path, role, passphrase)
+        if private_key.key_id != key_id:
+            raise SealingError(f"Key file {path} is invalid: it holds key {private_key.key_id}.")
+
+        return private_key
+
+    def load_public_by_id(self, role: str, key_id: str) -> PublicKey:
+        """Read the public key ``key_id`` of ``role``, current or retired."""
+        check_role_name(role)
+        _check_key_id(key_id)
+        if self.current_key_id(role) == key_id:
+            return self.load_public(role)
+
+        path = self._retired_path(role, key_id, "public")
+        public_key = self._load_public_file(path, role)
+        if public_key.key_id != key_id:
+            raise SealingError(f"Key file {path} is invalid: it holds key {public_key.key_id}.")
+
+        return public_key
+
+    def current_key_id(self, role: str) -> str | None:
+        """Return the key id of the role's current public file, or None without one."""
+        check_role_name(role)
         path = self.public_path(role)
+        if not path.exists():
+            return None
+
+        return _text(self._read(path, role, "public"), "key_id", path)
+
+    def retire(self, role: str) -> None:
+        """Rename the role's current files to retired names, so nothing new is sealed to it.
+
+        The files stay readable by :meth:`load_private_by_id`. Does nothing when the
+        role has no current file.
+        """
+        check_role_name(role)
+        self._retire(role)
+
+    def list_keys(self) -> list[KeyInfo]:
+        """Return every key in the directory, current and retired, sorted by role and age."""
+        if not self.directory.is_dir():
+            return []
+
+        found: dict[tuple[str, str], KeyInfo] = {}
+        for path in sorted(self.directory.glob("*.public.json")):
+            info = self._key_info(path)
+            if info is not None:
+                found[(info.role, info.key_id)] = info
+
+        return sorted(found.values(), key=lambda info: (info.role, info.created_at, info.key_id))
+
+    def _key_info(self, path: Path) -> KeyInfo | None:
+        parts = path.name.split(".")
+        if len(parts) == 3:
+            current = True
+        elif len(parts) == 4 and _KEY_ID_PATTERN.fullmatch(parts[1]):
+            current = False
+        else:
+            return None
+
+        role = parts[0]
+        document = self._read(path, role, "public")
+        key_id = _text(document, "key_id", path)
+        private_path = (
+            self.private_path(role) if current else self._retired_path(role, key_id, "private")
+        )
+        return KeyInfo(
+            role=role,
+            key_id=key_id,
+            algorithm=_text(document, "algorithm", path),
+            current=current,
+            has_private=private_path.is_file(),
+            created_at=_created_at(document, path),
+        )
+
+    def _retired_path(self, role: str, key_id: str, part: str) -> Path:
+        return self.directory / f"{role}.{key_id}.{part}.json"
+
+    def _load_public_file(self, path: Path, role: str) -> PublicKey:
         document = self._read(path, role, "public")
         _check_header(document, path, _PUBLIC_FORMAT, role)
 
@@ -135,15 +264,7 @@ class KeyStore:
 
         return public_key
 
-    def load_private(self, role: str, passphrase: bytes) -> PrivateKey:
-        """Decrypt a role's private key with ``passphrase``.
-
-        Raises KeyNotFoundError when the private file is missing, WrongPassphraseError
-        when the passphrase does not open it, and SealingError when the file is invalid
-        or belongs to another key than the role's public file.
-        """
-        check_role_name(role)
-        path = self.private_path(role)
+    def _load_private_file(self, path: Path, role: str, passphrase: bytes) -> PrivateKey:
         document = self._read(path, role, "private")
         _check_header(document, path, _PRIVATE_FORMAT, role)
 
@@ -151,14 +272,6 @@ class KeyStore:
         private_key = private_key_from_raw(role, _text(document, "algorithm", path), raw)
         if private_key.key_id != document["key_id"]:
             raise SealingError(f"Key file {path} is invalid: its key id does not match its key.")
-
-        if self.public_path(role).exists():
-            public_key = self.load_public(role)
-            if public_key.key_id != private_key.key_id:
-                raise SealingError(
-                    f"The public and private key files of role {role!r} in {self.directory} "
-                    f"belong to different keys ({public_key.key_id} and {private_key.key_id})."
-                )
 
         return private_key
 
@@ -237,8 +350,30 @@ def _public_document(public_key: PublicKey) -> dict[str, Any]:
         "role": public_key.role,
         "key_id": public_key.key_id,
         "algorithm": public_key.algorithm,
+        "created_at": _now_text(),
         "public_key": _encode_base64(public_key.raw),
     }
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _created_at(document: dict[str, Any], path: Path) -> datetime:
+    value = document.get("created_at")
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+
+    return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+
+
+def _check_key_id(key_id: str) -> None:
+    # Key ids become part of file names, so only the generated form is accepted.
+    if not _KEY_ID_PATTERN.fullmatch(key_id):
+        raise SealingError(f"Invalid key id {key_id[:80]!r}: expected 32 lower-case hex digits.")
 
 
 def _encrypt_private_key(private_key: PrivateKey, passphrase: bytes, kdf: str) -> dict[str, Any]:
@@ -251,6 +386,7 @@ def _encrypt_private_key(private_key: PrivateKey, passphrase: bytes, kdf: str) -
         "role": private_key.role,
         "key_id": private_key.key_id,
         "algorithm": private_key.algorithm,
+        "created_at": _now_text(),
         "kdf": {"name": kdf, "salt": _encode_base64(salt), **parameters},
         "cipher": _CIPHER,
         "nonce": _encode_base64(nonce),

@@ -2,7 +2,8 @@
 
 Nothing in these tables is personal data in clear: recordings, transcripts and caller
 identities live in the blob store as sealed objects, and the rows below only point at
-them. Times are stored as timezone-aware UTC.
+them. A call keeps a keyed hash of the caller's number, never the number. Times are
+stored as timezone-aware UTC.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     DateTime,
     ForeignKey,
     Integer,
@@ -21,6 +23,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -48,13 +52,60 @@ class Base(DeclarativeBase):
 
 
 class CaseStatus(enum.StrEnum):
-    """Lifecycle of a case in the intake pipeline; later stages belong to the console."""
+    """Lifecycle of a case: the intake pipeline's statuses, then the console's.
+
+    The intake pipeline sets the first five. The others follow the complaints
+    platform's stages (screen, refer, process, close) and are set by people. ERASED
+    marks a case whose sealed objects were crypto-erased at the caller's request.
+    """
 
     RECEIVED = "received"
     AWAITING_TRANSCRIPTION = "awaiting_transcription"
     AWAITING_REVIEW = "awaiting_review"
     TRANSCRIPTION_FAILED = "transcription_failed"
     RECORDING_FAILED = "recording_failed"
+    SCREENING = "screening"
+    PENDING_INFO = "pending_info"
+    REFERRED = "referred"
+    IN_PROGRESS = "in_progress"
+    ESCALATED = "escalated"
+    RESPONSE_REVIEW = "response_review"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+    REOPENED = "reopened"
+    NOT_ADMISSIBLE = "not_admissible"
+    REFERRED_EXT = "referred_ext"
+    WITHDRAWN = "withdrawn"
+    ERASED = "erased"
+
+
+class Confidentiality(enum.StrEnum):
+    """How much of the caller's identity a case keeps.
+
+    NAMED and CONFIDENTIAL both keep a sealed identity record that only the identity
+    custodian can open. CONFIDENTIAL records the caller's wish that it is not shared
+    with the body concerned without consent. ANONYMOUS keeps no identity record and no
+    caller hash.
+    """
+
+    NAMED = "named"
+    CONFIDENTIAL = "confidential"
+    ANONYMOUS = "anonymous"
+
+
+class IdentityRequestStatus(enum.StrEnum):
+    PENDING = "pending"
+    APPROVED = "approved"
+    REFUSED = "refused"
+    # The body's wraps were revoked after an approval.
+    REVOKED = "revoked"
+
+
+class KeyRotationStatus(enum.StrEnum):
+    # The rotation row exists but the new key may not have been created yet.
+    PREPARING = "preparing"
+    REWRAPPING = "rewrapping"
+    DONE = "done"
 
 
 class RecordingStatus(enum.StrEnum):
@@ -69,6 +120,8 @@ class ObjectKind(enum.StrEnum):
     RECORDING = "recording"
     TRANSCRIPT = "transcript"
     IDENTITY = "identity"
+    # Free text written by staff, such as the justification of an identity request.
+    NOTE = "note"
 
 
 class Call(Base):
@@ -85,6 +138,9 @@ class Call(Base):
     retries: Mapped[int] = mapped_column(Integer, default=0)
     twilio_status: Mapped[str] = mapped_column(String(32), default="in-progress")
     case_id: Mapped[int | None] = mapped_column(ForeignKey("cases.id"), index=True)
+    # HMAC-SHA256 of the caller's E.164 number under a key kept outside the database,
+    # so repeat callers can be linked without storing the number. None when anonymous.
+    caller_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     ended_at: Mapped[datetime | None]
@@ -106,11 +162,27 @@ class Case(Base):
     language: Mapped[str] = mapped_column(String(8))
     # A reason a person can act on, in English for agents' logs; never transcript text.
     failure_reason: Mapped[str | None] = mapped_column(Text)
+    # A Confidentiality value; None until the caller (or an agent) has chosen.
+    confidentiality: Mapped[str | None] = mapped_column(String(16))
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The sealed identity record; use_alter breaks the cycle with sealed_objects.case_id.
+    identity_object_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sealed_objects.id", use_alter=True)
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # Set whenever ``status`` changes (see _track_status_change); retention counts from it.
+    status_changed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     recordings: Mapped[list[Recording]] = relationship(back_populates="case")
     transcripts: Mapped[list[Transcript]] = relationship(back_populates="case")
+    identity_object: Mapped[SealedObject | None] = relationship(foreign_keys=[identity_object_id])
+
+
+@event.listens_for(Case.status, "set")
+def _track_status_change(target: Case, value: object, oldvalue: object, _initiator: object) -> None:
+    if value != oldvalue:
+        target.status_changed_at = utcnow()
 
 
 class Recording(Base):
@@ -177,6 +249,69 @@ class SealedObject(Base):
     wraps: Mapped[list[KeyWrap]] = relationship(
         back_populates="sealed_object", cascade="all, delete-orphan"
     )
+
+
+class Referral(Base):
+    """A case referred to a government body, whose key then opens the case's content.
+
+    Content means recordings, transcripts and notes, never the identity record.
+    ``revoked_at`` is set when the body's wraps are removed again.
+    """
+
+    __tablename__ = "referrals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    # Key role of the body's liaison unit, such as "body_psd".
+    body: Mapped[str] = mapped_column(String(64))
+    referred_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+    __table_args__ = (UniqueConstraint("case_id", "body"),)
+
+
+class IdentityRequest(Base):
+    """An officer's request to see a caller's identity, decided by the identity custodian.
+
+    The free-text justification is a sealed note that only the custodian can open. The
+    reason and decision codes come from fixed lists, so they may appear in the audit log.
+    """
+
+    __tablename__ = "identity_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    case_id: Mapped[int] = mapped_column(ForeignKey("cases.id"), index=True)
+    body: Mapped[str] = mapped_column(String(64))
+    requested_by: Mapped[str] = mapped_column(String(64))
+    reason_code: Mapped[str] = mapped_column(String(32))
+    justification_object_id: Mapped[str | None] = mapped_column(ForeignKey("sealed_objects.id"))
+    status: Mapped[str] = mapped_column(String(16), default=IdentityRequestStatus.PENDING.value)
+    decided_by: Mapped[str | None] = mapped_column(String(64))
+    decision_code: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    decided_at: Mapped[datetime | None]
+
+
+class KeyRotation(Base):
+    """Progress of one role's key rotation, so that an interrupted rotation resumes.
+
+    Every wrap of ``role`` whose key id is not ``new_key_id`` is moved to the new key.
+    """
+
+    __tablename__ = "key_rotations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    role: Mapped[str] = mapped_column(String(64), index=True)
+    old_key_id: Mapped[str] = mapped_column(String(64))
+    new_key_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=KeyRotationStatus.PREPARING.value)
+    started_by: Mapped[str] = mapped_column(String(64))
+    wraps_total: Mapped[int] = mapped_column(Integer, default=0)
+    wraps_done: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None]
 
 
 class KeyWrap(Base):

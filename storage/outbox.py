@@ -14,18 +14,19 @@ from sqlalchemy.orm import Session
 from storage.models import OutboxMessage
 
 
-def add_message(session: Session, *, queue: str, job_name: str, entity_id: int) -> OutboxMessage:
+def add_message(
+    session: Session, *, queue: str, job_name: str, entity_id: int, attempt: int | None = None
+) -> OutboxMessage:
     """Add an outbox row in the caller's transaction; it is enqueued after commit.
 
     The rq job id derives from the job and the row id, so one row can never be
-    queued twice at once.
+    queued twice at once. A person's retry of a finished job passes ``attempt`` to get
+    a fresh job id.
     """
-    message = OutboxMessage(
-        queue=queue,
-        job_name=job_name,
-        entity_id=entity_id,
-        job_id=f"{job_name.rsplit('.', 1)[-1]}-{entity_id}",
-    )
+    job_id = f"{job_name.rsplit('.', 1)[-1]}-{entity_id}"
+    if attempt is not None:
+        job_id += f"-retry-{attempt}"
+    message = OutboxMessage(queue=queue, job_name=job_name, entity_id=entity_id, job_id=job_id)
     session.add(message)
     session.flush()
     return message

@@ -234,7 +234,7 @@ def seal(
     header = _HEADER.pack(_MAGIC, FORMAT_VERSION, chunk_size)
     chunks = _encrypt_chunks(plaintext, data_key, context, header, chunk_size)
 
-    wraps = tuple(_wrap_data_key(data_key, context, recipient) for recipient in recipients)
+    wraps = tuple(wrap_data_key(data_key, context, recipient) for recipient in recipients)
 
     return Sealed(
         ciphertext=header + b"".join(chunks),
@@ -365,7 +365,15 @@ def _chunk_nonce(index: int) -> bytes:
     return struct.pack(">4xQ", index)
 
 
-def _wrap_data_key(data_key: bytes, context: SealContext, recipient: PublicKey) -> Wrap:
+def wrap_data_key(data_key: bytes, context: SealContext, recipient: PublicKey) -> Wrap:
+    """Encrypt an object's data key to one more recipient, as :func:`seal` does.
+
+    Rotation and referral use it to add a recipient without touching the ciphertext.
+    """
+    _check_algorithm(recipient.algorithm)
+    if len(data_key) != DATA_KEY_SIZE:
+        raise SealingError(f"Invalid data key: {len(data_key)} bytes, expected {DATA_KEY_SIZE}.")
+
     suite = _SUITES[recipient.algorithm]
     info = _wrap_info(context, recipient.key_id)
     encapsulated = suite.encrypt(data_key, cast(_HpkePublic, recipient.key), info)

@@ -10,8 +10,8 @@ import pytest
 from ivr_flows import engine
 from ivr_flows.errors import FlowError
 from ivr_flows.loader import load_flow
-from ivr_flows.model import NodeKind
-from ivr_flows.render import RenderOptions, Voice, render, speak_digits
+from ivr_flows.model import NodeKind, Prompt
+from ivr_flows.render import Context, RenderOptions, Voice, render, speak_digits
 
 SHIPPED = Path(__file__).resolve().parents[1] / "ivr_flows" / "complaints.toml"
 
@@ -34,6 +34,18 @@ class Urls:
 
     def recording_status(self) -> str:
         return "/voice/recording-status"
+
+    def follow_up(self, node: str) -> str:
+        return f"/voice/follow-up?node={node}"
+
+    def queue_wait(self, node: str) -> str:
+        return f"/voice/queue-wait?node={node}"
+
+    def queue_result(self, node: str) -> str:
+        return f"/voice/queue-result?node={node}"
+
+    def unavailable(self, node: str) -> str:
+        return f"/voice/unavailable?node={node}"
 
 
 OPTIONS = RenderOptions(
@@ -97,7 +109,7 @@ def test_missing_translation_named(tmp_path: Path) -> None:
 
 
 def test_dead_end_named(tmp_path: Path) -> None:
-    path = edited(tmp_path, 'kind = "message"\nnext = "complaint_type"', 'kind = "message"')
+    path = edited(tmp_path, 'kind = "message"\nnext = "confidentiality"', 'kind = "message"')
     with pytest.raises(FlowError) as caught:
         load_flow(path)
     assert caught.value.node == "notice"
@@ -149,8 +161,10 @@ def test_english_caller_hears_english_only() -> None:
 def test_reference_read_digit_by_digit() -> None:
     flow = load_flow("complaints.toml")
     state = engine.CallState(node="reference", language="en")
-    root = ET.fromstring(render(flow, state, Urls(), OPTIONS, reference="2612345674").to_xml())
-    say = root.find("Say")
+    root = ET.fromstring(
+        render(flow, state, Urls(), OPTIONS, Context(reference="2612345674")).to_xml()
+    )
+    say = root.find("Gather/Say")
     assert say is not None
     assert "2 6 1, 2 3 4, 5 6 7 4" in (say.text or "")
 
@@ -181,3 +195,127 @@ def test_retries_then_fallback() -> None:
 def test_every_node_kind_used() -> None:
     flow = load_flow("complaints.toml")
     assert {node.kind for node in flow.nodes.values()} == set(NodeKind)
+
+
+def test_star_repeats_menu() -> None:
+    flow = load_flow("complaints.toml")
+    state = engine.CallState(node="complaint_type", language="ar", retries=1)
+    assert engine.press(flow, state, "*") == state
+
+
+def test_zero_reaches_agent() -> None:
+    flow = load_flow("complaints.toml")
+    state = engine.CallState(node="complaint_type", language="ar")
+    assert engine.press(flow, state, "0").node == "agent"
+
+
+def test_zero_invalid_without_agent() -> None:
+    flow = load_flow("complaints.toml")
+    state = engine.CallState(node="consent_sms", language="ar")
+    assert engine.press(flow, state, "0").retries == 1
+
+
+def test_pound_is_invalid_in_menus() -> None:
+    flow = load_flow("complaints.toml")
+    state = engine.CallState(node="complaint_type", language="en")
+    assert engine.press(flow, state, "#").retries == 1
+
+
+def test_star_option_rejected(tmp_path: Path) -> None:
+    path = edited(tmp_path, 'digit = "4"', 'digit = "*"')
+    with pytest.raises(FlowError, match="reserved"):
+        load_flow(path)
+
+
+def test_follow_up_needs_other_status(tmp_path: Path) -> None:
+    path = edited(tmp_path, "statuses.other.ar", "statuses.closed.ar")
+    path.write_text(
+        path.read_text(encoding="utf-8").replace("statuses.other.en", "statuses.closed.en"),
+        encoding="utf-8",
+    )
+    with pytest.raises(FlowError) as caught:
+        load_flow(path)
+    assert caught.value.field == "statuses.other"
+
+
+def test_missing_audio_file_named(tmp_path: Path) -> None:
+    path = edited(
+        tmp_path,
+        '[nodes.goodbye]\nkind = "hangup"',
+        '[nodes.goodbye]\nkind = "hangup"\naudio = true',
+    )
+    path.write_text(
+        path.read_text(encoding="utf-8").replace(
+            "max_retries = 2", 'max_retries = 2\nprompts_dir = "prompts"'
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(FlowError, match="prompt file not found"):
+        load_flow(path)
+
+
+def test_audio_file_played(tmp_path: Path) -> None:
+    path = edited(
+        tmp_path,
+        '[nodes.goodbye]\nkind = "hangup"',
+        '[nodes.goodbye]\nkind = "hangup"\naudio = true',
+    )
+    path.write_text(
+        path.read_text(encoding="utf-8").replace(
+            "max_retries = 2", 'max_retries = 2\nprompts_dir = "prompts"'
+        ),
+        encoding="utf-8",
+    )
+    for language in ("ar", "en"):
+        (tmp_path / "prompts" / language).mkdir(parents=True)
+        (tmp_path / "prompts" / language / "goodbye.wav").write_bytes(b"RIFF")
+    flow = load_flow(path)
+    options = RenderOptions(
+        voices=OPTIONS.voices,
+        gather_timeout_seconds=6,
+        max_recording_seconds=300,
+        silence_timeout_seconds=5,
+        prompt_file_url=lambda language, node: f"/voice/prompts/{language}/{node}.wav",
+    )
+    root = ET.fromstring(
+        render(flow, engine.CallState(node="goodbye", language="ar"), Urls(), options).to_xml()
+    )
+    play = root.find("Play")
+    assert play is not None
+    assert play.text == "/voice/prompts/ar/goodbye.wav"
+
+
+def test_agent_closed_reads_hours() -> None:
+    flow = load_flow("complaints.toml")
+    hours = Prompt(texts={"ar": "من الأحد إلى الخميس", "en": "Sunday to Thursday"})
+    state = engine.CallState(node="agent", language="en")
+    root = ET.fromstring(
+        render(flow, state, Urls(), OPTIONS, Context(agents_open=False, hours=hours)).to_xml()
+    )
+    texts = [say.text for say in root.findall("Say")]
+    assert texts[-1] == "Sunday to Thursday"
+    assert root.find("Enqueue") is None
+
+
+def test_agent_open_enqueues() -> None:
+    flow = load_flow("complaints.toml")
+    state = engine.CallState(node="agent", language="ar")
+    root = ET.fromstring(render(flow, state, Urls(), OPTIONS, Context(agents_open=True)).to_xml())
+    enqueue = root.find("Enqueue")
+    assert enqueue is not None
+    assert enqueue.get("waitUrl") == "/voice/queue-wait?node=agent"
+
+
+def test_reference_star_repeats() -> None:
+    flow = load_flow("complaints.toml")
+    state = engine.CallState(node="reference", language="ar")
+    assert engine.press(flow, state, "*") == state
+    assert engine.press(flow, state, "1").node == "goodbye"
+
+
+def test_short_recording_retried_once() -> None:
+    flow = load_flow("complaints.toml")
+    state = engine.CallState(node="record", language="ar")
+    again = engine.retry(flow, state)
+    assert again.node == "record"
+    assert engine.retry(flow, again).node == "goodbye"

@@ -187,12 +187,30 @@ def test_invalid_key_reprompts(signed_post: SignedPost) -> None:
     assert gather.get("action", "").endswith("/voice/gather?node=language")
 
 
-def walk_to_recording(signed_post: SignedPost, call_sid: str) -> TestResponse:
+def walk_to_recording(
+    signed_post: SignedPost, call_sid: str, confidentiality: str = "2"
+) -> TestResponse:
     signed_post("/voice/incoming", base_params(call_sid))
     signed_post("/voice/gather?node=language", {**base_params(call_sid), "Digits": "1"})
     signed_post("/voice/next?node=notice", base_params(call_sid))
+    signed_post(
+        "/voice/gather?node=confidentiality", {**base_params(call_sid), "Digits": confidentiality}
+    )
+    if confidentiality != "3":
+        signed_post("/voice/gather?node=consent_callback", {**base_params(call_sid), "Digits": "1"})
+        signed_post("/voice/gather?node=consent_sms", {**base_params(call_sid), "Digits": "2"})
     signed_post("/voice/gather?node=complaint_type", {**base_params(call_sid), "Digits": "1"})
     return signed_post("/voice/gather?node=rights_group", {**base_params(call_sid), "Digits": "1"})
+
+
+def record_action(signed_post: SignedPost, call_sid: str, duration: str = "9") -> TestResponse:
+    params = {
+        **base_params(call_sid),
+        "RecordingUrl": f"http://127.0.0.1:1/2010-04-01/Accounts/{ACCOUNT_SID}/Recordings/RE{'1' * 32}",
+        "RecordingDuration": duration,
+        "Digits": "#",
+    }
+    return signed_post("/voice/recorded?node=record", params)
 
 
 def test_record_node_renders_record(signed_post: SignedPost, settings: Settings) -> None:
@@ -206,9 +224,15 @@ def test_record_node_renders_record(signed_post: SignedPost, settings: Settings)
     assert record.get("maxLength") == str(settings.voice.max_recording_seconds)
 
 
+def test_no_case_before_recording(signed_post: SignedPost, settings: Settings, app: Flask) -> None:
+    walk_to_recording(signed_post, new_call_sid())
+    assert count(settings, app, Case) == 0
+
+
 def test_case_opened_with_answers(signed_post: SignedPost, app: Flask) -> None:
     call_sid = new_call_sid()
     walk_to_recording(signed_post, call_sid)
+    record_action(signed_post, call_sid)
     with app.extensions["callcenter_runtime"].session() as session:
         case = session.scalar(
             select(Case).join(Call, Call.case_id == Case.id).where(Call.call_sid == call_sid)
@@ -329,8 +353,42 @@ def test_recording_committed_when_redis_down(
 
 
 def test_case_opening_is_audited(signed_post: SignedPost, settings: Settings, app: Flask) -> None:
-    walk_to_recording(signed_post, new_call_sid())
-    assert count(settings, app, AuditEvent) == 1
+    call_sid = new_call_sid()
+    walk_to_recording(signed_post, call_sid)
+    record_action(signed_post, call_sid)
+    actions = audit_actions(app)
+    assert actions.count("case.opened") == 1
+
+
+def audit_actions(app: Flask) -> list[str]:
+    with app.extensions["callcenter_runtime"].session() as session:
+        return list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
+
+
+def test_record_action_replay_opens_one_case(
+    signed_post: SignedPost, settings: Settings, app: Flask
+) -> None:
+    call_sid = new_call_sid()
+    walk_to_recording(signed_post, call_sid)
+    record_action(signed_post, call_sid)
+    record_action(signed_post, call_sid)
+    assert count(settings, app, Case) == 1
+
+
+def test_short_recording_asked_again(signed_post: SignedPost) -> None:
+    call_sid = new_call_sid()
+    walk_to_recording(signed_post, call_sid)
+    response = record_action(signed_post, call_sid, duration="1")
+    assert twiml(response).find("Record") is not None
+
+
+def test_keep_or_record_again_offered(signed_post: SignedPost) -> None:
+    call_sid = new_call_sid()
+    walk_to_recording(signed_post, call_sid)
+    response = record_action(signed_post, call_sid)
+    gather = twiml(response).find("Gather")
+    assert gather is not None
+    assert gather.get("action", "").endswith("node=confirm_recording")
 
 
 def test_unknown_call_continuation_is_404(signed_post: SignedPost) -> None:

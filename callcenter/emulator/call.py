@@ -314,6 +314,10 @@ class _RecordingCallback:
     params: dict[str, str]
 
 
+# Wait documents played before an emulated caller in an unanswered queue hangs up.
+MAX_QUEUE_WAIT_ROUNDS = 30
+
+
 @dataclass(frozen=True)
 class _TwimlRequest:
     """A request for TwiML; `url` may carry a fragment of connection overrides."""
@@ -621,19 +625,55 @@ class CallRun:
         self._start_recording_callbacks(action.recording_callbacks)
         return _Handover(None)
 
-    def _run_enqueue(self, enqueue: Enqueue, document_url: str) -> _Handover:
+    def _run_enqueue(self, enqueue: Enqueue, document_url: str) -> _Handover | None:
+        """Wait in a queue that no agent answers, playing waitUrl until it says <Leave>.
+
+        NOTE: no agent ever dequeues the call. A wait that never leaves ends after
+        MAX_QUEUE_WAIT_ROUNDS documents with the caller hanging up; Twilio's docs do not
+        confirm QueueResult "hangup" for that case.
+        """
         self._hear(Heard("Enqueue", text=enqueue.queue_name))
+        queue_sid = new_sid("QU")
+        started = self._simulated_seconds
+        left = self._wait_in_queue(enqueue, document_url, queue_sid) if enqueue.wait_url else False
+        waited = str(int(self._simulated_seconds - started))
 
-        # NOTE: no agent dequeues the call and waitUrl is not fetched: the caller hangs up
-        # at once. Twilio's docs do not confirm QueueResult "hangup" for that case.
-        if enqueue.action:
-            extra = {"QueueResult": "hangup", "QueueSid": new_sid("QU"), "QueueTime": "0"}
-            action = _TwimlRequest(
-                url=_resolve(document_url, enqueue.action), method=enqueue.method, extra=extra
-            )
-            self._request_twiml(action)
+        if not enqueue.action:
+            # After <Leave> with no action, Twilio goes on with the next verb.
+            return None if left else _Handover(None)
 
+        extra = {"QueueResult": "leave" if left else "hangup", "QueueSid": queue_sid, "QueueTime": waited}
+        action = _TwimlRequest(url=_resolve(document_url, enqueue.action), method=enqueue.method, extra=extra)
+        if left:
+            return _Handover(action)
+
+        self._request_twiml(action)
         return _Handover(None)
+
+    def _wait_in_queue(self, enqueue: Enqueue, document_url: str, queue_sid: str) -> bool:
+        """Play wait documents in turn; return True when one of them says <Leave>."""
+        started = self._simulated_seconds
+        for _round in range(MAX_QUEUE_WAIT_ROUNDS):
+            extra = {
+                "QueueSid": queue_sid,
+                "QueuePosition": "1",
+                "CurrentQueueSize": "1",
+                "QueueTime": str(int(self._simulated_seconds - started)),
+                "AvgQueueTime": "0",
+            }
+            request = _TwimlRequest(url=_resolve(document_url, enqueue.wait_url), method="POST", extra=extra)
+            document, _error = self._request_twiml(request)
+            if document is None or self._caller_hung_up():
+                return False
+
+            for verb in document.verbs:
+                if isinstance(verb, Unsupported) and verb.name == "Leave":
+                    return True
+                if isinstance(verb, Say | Play | Pause):
+                    self._run_verb(verb, document.url)
+            # Twilio loops the wait document; a document with no pause still takes time.
+            self._simulated_seconds += 1.0
+        return False
 
     def _skip_unsupported(self, verb: Unsupported) -> None:
         logger.warning(
