@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 import click
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import OperationalError
 
 from callcenter.errors import CallcenterError
 from callcenter.logs import configure_logging
@@ -32,13 +36,42 @@ def _fail(error: Exception) -> NoReturn:
 
 
 class _Group(click.Group):
-    """Turn the project's own errors into one line on stderr and exit status 1."""
+    """Turn the project's own errors and unreachable services into one line on stderr."""
 
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
         except KNOWN_ERRORS as error:
             _fail(error)
+        except RedisConnectionError as error:
+            settings = ctx.ensure_object(dict).get("settings")
+            where = _masked(settings.redis.url) if settings else "Redis"
+            _fail(
+                CallcenterError(
+                    f"cannot reach Redis at {where} ({error}). With the default empty redis.url, "
+                    "start the embedded one first with `callcenter redis`; otherwise check "
+                    "CALLCENTER_REDIS__URL."
+                )
+            )
+        except OperationalError as error:
+            settings = ctx.ensure_object(dict).get("settings")
+            where = _masked(settings.database.url) if settings else "the database"
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+            _fail(
+                CallcenterError(
+                    f"cannot use the database at {where} ({reason}). Check that the server runs, "
+                    "that CALLCENTER_DATABASE__URL is right, and run `callcenter db upgrade`."
+                )
+            )
+
+
+def _masked(url: str) -> str:
+    """Return a URL with any password replaced, for error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -134,10 +167,17 @@ def redis_command(ctx: click.Context) -> None:
     process = embedded_redis.start(settings.redis.socket_path)
     if process is None:
         return
+
+    # A service manager stops us with SIGTERM; the server must stop with us, flushing its AOF.
+    def stop_on_term(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_term)
     try:
         process.wait()
     except KeyboardInterrupt:
         embedded_redis.stop(process)
+        logger.info("embedded Redis stopped")
 
 
 @main.group()
@@ -191,12 +231,15 @@ def keys_init(ctx: click.Context, roles: tuple[str, ...], if_missing: bool) -> N
     """Create role key pairs; each private key is encrypted under CALLCENTER_<ROLE>_PASSPHRASE."""
     settings = _settings(ctx)
     store = Runtime(settings).keys
+    wanted = [role for role in roles or ALL_ROLES if not (if_missing and role in store.roles())]
+    # Every passphrase is checked first, so a missing one creates no key at all.
+    passphrases = {role: settings.secrets.passphrase(role) for role in wanted}
 
     for role in roles or ALL_ROLES:
-        if if_missing and role in store.roles():
+        if role not in passphrases:
             click.echo(f"{role}: key exists, kept")
             continue
-        passphrase = settings.secrets.passphrase(role)
+        passphrase = passphrases[role]
         public = store.init_role(role, passphrase, settings.sealing.algorithm)
         click.echo(f"{role}: created key {public.key_id} ({public.algorithm})")
 
@@ -206,9 +249,12 @@ def keys_init(ctx: click.Context, roles: tuple[str, ...], if_missing: bool) -> N
 def keys_list(ctx: click.Context) -> None:
     """List role keys and whether their private part is on this machine."""
     store = Runtime(_settings(ctx)).keys
+    if not store.roles():
+        click.echo(f"No keys in {store.directory}: run `callcenter keys init`.")
+        return
     for role in store.roles():
         public = store.load_public(role)
-        where = "private key here" if store.has_private(role) else "public key only"
+        where = "private key on this machine" if store.has_private(role) else "public key only"
         click.echo(f"{role}\t{public.key_id}\t{public.algorithm}\t{where}")
 
 
@@ -355,15 +401,34 @@ def simulate_call(ctx: click.Context, digits: str, audio: Path, caller: str) -> 
             click.echo(f"[{heard.language}] {heard.text}")
         elif heard.verb in ("Play", "Record", "Hangup"):
             click.echo(f"<{heard.verb}> {heard.url}".rstrip())
-    click.echo(
-        json.dumps(
-            {
-                "call_sid": result.call_sid,
-                "status": result.status,
-                "recordings": result.recording_sids,
-            }
+
+    reference = _reference_of(ctx, result.call_sid)
+    summary = {
+        "call_sid": result.call_sid,
+        "status": result.status,
+        "reference": reference,
+        "recordings": result.recording_sids,
+        "errors": result.errors,
+    }
+    click.echo(json.dumps(summary))
+    if result.status != "completed" or result.errors:
+        raise CallcenterError(
+            f"the simulated call ended {result.status} with Twilio errors {result.errors or 'none'}: "
+            f"is the intake app running at {_settings(ctx).app.public_base_url}?"
         )
-    )
+
+
+def _reference_of(ctx: click.Context, call_sid: str) -> str | None:
+    from sqlalchemy import select
+
+    from storage.models import Call, Case
+
+    with _runtime(ctx).session() as session:
+        return session.scalar(
+            select(Case.reference)
+            .join(Call, Call.case_id == Case.id)
+            .where(Call.call_sid == call_sid)
+        )
 
 
 @main.command()

@@ -130,14 +130,14 @@ def normalize_number(number: str, default_country_code: str = JORDAN_COUNTRY_COD
             "The caller number has no country code: expected +962…, 00962… or 07…."
         )
 
+    normalized = f"+{digits}"
+    if normalized in WITHHELD_NUMBERS:
+        raise InvalidNumberError("The caller withheld their number; there is nothing to hash.")
+
     if not (digits.isascii() and digits.isdigit() and 8 <= len(digits) <= 15) or digits[0] == "0":
         raise InvalidNumberError(
             "The caller number is not a valid E.164 number: expected + and 8 to 15 digits."
         )
-
-    normalized = f"+{digits}"
-    if normalized in WITHHELD_NUMBERS:
-        raise InvalidNumberError("The caller withheld their number; there is nothing to hash.")
 
     return normalized
 

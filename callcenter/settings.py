@@ -287,7 +287,8 @@ def _convert(name: str, text: str, default: Any) -> Any:
             return type(default)(text)
         except ValueError:
             raise ConfigurationError(
-                f"{name}={text!r} is not a {type(default).__name__}: use a number."
+                f"{name}={text!r} is not {'an integer' if isinstance(default, int) else 'a number'}: "
+                "use digits only, such as 30."
             ) from None
 
     if isinstance(default, dict):
@@ -358,9 +359,15 @@ def _app(table: dict[str, Any], instance: Path) -> AppSettings:
         public_base_url=url,
         instance_path=instance,
         host=str(table["host"]),
-        port=int(_positive("app.port", table["port"])),
+        port=_port(table["port"]),
         log_level=level,
     )
+
+
+def _port(value: Any) -> int:
+    if not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigurationError(f"app.port = {value!r} must be a TCP port from 1 to 65535.")
+    return value
 
 
 def _database(table: dict[str, Any], instance: Path) -> DatabaseSettings:
@@ -445,9 +452,13 @@ def _voice(table: dict[str, Any]) -> VoiceSettings:
         english_language=str(table["english_language"]),
         calendar=str(table["calendar"]),
         agent_queue=str(table["agent_queue"]),
-        max_queue_wait_seconds=int(_positive("voice.max_queue_wait_seconds", table["max_queue_wait_seconds"])),
+        max_queue_wait_seconds=int(
+            _positive("voice.max_queue_wait_seconds", table["max_queue_wait_seconds"])
+        ),
         max_recording_seconds=max_seconds,
-        min_recording_seconds=int(_positive("voice.min_recording_seconds", table["min_recording_seconds"])),
+        min_recording_seconds=int(
+            _positive("voice.min_recording_seconds", table["min_recording_seconds"])
+        ),
         silence_timeout_seconds=int(
             _positive("voice.silence_timeout_seconds", table["silence_timeout_seconds"])
         ),

@@ -344,16 +344,16 @@ def follow_up() -> Response:
 
         if not _follow_up_allowed(call):
             store_state(call, engine.advance(flow, state))
-            return _respond(session, call, [node.extra("limit_prompt")])
+            return _respond(session, call, [node.extra_prompt("limit_prompt")])
 
         if not is_valid_reference(digits):
             store_state(call, engine.retry(flow, state))
-            return _respond(session, call, [node.extra("invalid_prompt")])
+            return _respond(session, call, [node.extra_prompt("invalid_prompt")])
 
         case = session.scalar(select(Case).where(Case.reference == digits))
         if case is None:
             store_state(call, engine.retry(flow, state))
-            return _respond(session, call, [node.extra("not_found_prompt")])
+            return _respond(session, call, [node.extra_prompt("not_found_prompt")])
 
         append_event(
             session,
@@ -396,7 +396,7 @@ def queue_wait() -> Response:
         language = call.language
     voice = _render_options().voices[language]
     text = (
-        node.extra("wait_prompt")
+        node.extra_prompt("wait_prompt")
         .text(language)
         .replace("{position}", position if position.isdigit() else "")
     )
@@ -416,7 +416,7 @@ def queue_result() -> Response:
         if result == "bridged" or call.node != node_id:
             return _empty() if result == "bridged" else _respond(session, call)
         store_state(call, engine.unavailable(_flow(), state_of(call)))
-        return _respond(session, call, [_flow().node(node_id).extra("busy_prompt")])
+        return _respond(session, call, [_flow().node(node_id).extra_prompt("busy_prompt")])
 
 
 @bp.post("/unavailable")

@@ -29,21 +29,24 @@ QUEUES = (outbox.RECORDINGS_QUEUE, outbox.TRANSCRIPTION_QUEUE)
 def prepare_transcription(runtime: Runtime) -> None:
     """Load the model and the transcription key, and hand them to the job module."""
     settings = runtime.settings
-    model_path = resolve_model_path(settings.transcription.model, settings.transcription.models_dir)
-    logger.info("loading Vosk model from %s", model_path)
-    engine = VoskEngine(model_path)
-
+    # Secrets and keys first: a typo should not cost a model load to discover.
+    audit_key = settings.require_audit_key()
     private_key = runtime.keys.load_private(
         ROLE_TRANSCRIPTION, settings.secrets.passphrase(ROLE_TRANSCRIPTION)
     )
+    case_office_key = runtime.public_key(ROLE_CASE_OFFICE)
+
+    model_path = resolve_model_path(settings.transcription.model, settings.transcription.models_dir)
+    logger.info("loading Vosk model from %s", model_path)
+    engine = VoskEngine(model_path)
     jobs.install_context(
         jobs.TranscriptionContext(
             session_factory=runtime.session_factory,
             blobs=runtime.blobs,
             engine=engine,
             private_key=private_key,
-            case_office_key=runtime.public_key(ROLE_CASE_OFFICE),
-            audit_key=settings.require_audit_key(),
+            case_office_key=case_office_key,
+            audit_key=audit_key,
             max_audio_seconds=settings.transcription.max_audio_seconds,
         )
     )

@@ -48,6 +48,10 @@ def load_flow(name: str | Path) -> Flow:
 
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise FlowError(
+            path, None, None, "not UTF-8 text: a flow file is TOML saved as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise FlowError(path, None, None, f"not valid TOML: {error}") from error
 

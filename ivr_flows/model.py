@@ -97,7 +97,7 @@ class Node:
                 return option
         return None
 
-    def extra(self, name: str) -> Prompt:
+    def extra_prompt(self, name: str) -> Prompt:
         return self.prompts[name]
 
 

@@ -173,7 +173,7 @@ def _render_record(
     response: VoiceResponse,
 ) -> None:
     if state.retries:
-        speaker.say(response, node.extra("short_prompt"))
+        speaker.say(response, node.extra_prompt("short_prompt"))
     speaker.say(response, node.prompt, node)
     response.record(
         action=urls.recorded(node.id),
@@ -246,7 +246,7 @@ def _render_agent(
     context: Context,
 ) -> None:
     if not context.agents_open:
-        speaker.say(response, node.extra("closed_prompt"))
+        speaker.say(response, node.extra_prompt("closed_prompt"))
         if context.hours is not None:
             speaker.say(response, context.hours)
         response.redirect(urls.unavailable(node.id))

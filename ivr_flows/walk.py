@@ -79,34 +79,38 @@ def branches(flow: Flow, node: Node) -> Iterator[Branch]:
             yield Branch(node.id, f"key {AGENT_KEY}", node.agent, (Step(node.id, keys=AGENT_KEY),))
         if node.kind is NodeKind.MENU and node.fallback is not None:
             invalid = "#" if node.option("#") is None else "9"
-            steps = (Step(node.id, keys=REPEAT_KEY),) + tuple(
-                Step(node.id, keys=invalid) for _ in range(silences)
+            steps = (
+                Step(node.id, keys=REPEAT_KEY),
+                *(Step(node.id, keys=invalid) for _ in range(silences)),
             )
             yield Branch(node.id, f"key * then invalid {invalid}", node.fallback, steps)
     elif node.kind is NodeKind.RECORD:
-        assert node.next is not None and node.fallback is not None  # the loader checks both
-        yield Branch(node.id, "speaks", node.next, (Step(node.id, recording=SPEAK),))
+        yield Branch(node.id, "speaks", _target(node, "next"), (Step(node.id, recording=SPEAK),))
         empty = tuple(Step(node.id, recording=EMPTY) for _ in range(RECORD_RETRIES + 1))
-        yield Branch(node.id, "says nothing", node.fallback, empty)
+        yield Branch(node.id, "says nothing", _target(node, "fallback"), empty)
     elif node.kind is NodeKind.REFERENCE:
-        assert node.next is not None
         yield Branch(
             node.id,
             "key * then silence",
-            node.next,
+            _target(node, "next"),
             (Step(node.id, keys=REPEAT_KEY), Step(node.id, keys=None)),
         )
     elif node.kind is NodeKind.FOLLOW_UP:
-        assert node.next is not None
         steps = tuple(Step(node.id, keys=INVALID_REFERENCE) for _ in range(flow.max_retries + 1))
-        yield Branch(node.id, "invalid reference", node.next, steps)
+        yield Branch(node.id, "invalid reference", _target(node, "next"), steps)
     elif node.kind is NodeKind.AGENT:
-        assert node.unavailable is not None
         # Out of hours, or when no agent answers in the emulator, the call moves on.
-        yield Branch(node.id, "no agent", node.unavailable, ())
+        yield Branch(node.id, "no agent", _target(node, "unavailable"), ())
     elif node.kind is NodeKind.MESSAGE:
-        assert node.next is not None
-        yield Branch(node.id, "listens", node.next, ())
+        yield Branch(node.id, "listens", _target(node, "next"), ())
+
+
+def _target(node: Node, field: str) -> str:
+    target: str | None = getattr(node, field)
+    if target is None:
+        # The loader requires these fields, so only a hand-built flow gets here.
+        raise ValueError(f"node {node.id!r} has no {field}")
+    return target
 
 
 def _cost(branch: Branch) -> int:

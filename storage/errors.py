@@ -54,9 +54,9 @@ class KeyExistsError(SealingError):
 
     def __init__(self, role: str, directory: Path) -> None:
         super().__init__(
-            f"Role {role!r} already has keys in {directory}. Replacing them makes every "
-            "object sealed only to the current key unreadable with the new one; pass "
-            "replace=True to retire the current key files and create new ones."
+            f"Role {role!r} already has keys in {directory}. To keep them, run "
+            "`callcenter keys init --if-missing`; to replace them, run "
+            f"`callcenter keys rotate {role}`, which re-wraps every object to the new key."
         )
         self.role = role
         self.directory = directory

@@ -146,7 +146,7 @@ def _record_failure(
     case = recording.case
     case.status = CaseStatus.TRANSCRIPTION_FAILED.value
     case.failure_reason = (
-        f"The recording could not be transcribed: {reason}. The sealed audio is kept."
+        f"The recording could not be transcribed: {reason.rstrip('.')}. The sealed audio is kept."
     )
     append_event(
         session,
