@@ -217,6 +217,9 @@ def _apply(session: Session, call: Call, node_id: str, step: str) -> Response:
         state = engine.advance(flow, state)
 
     store_state(call, state)
+    if state.answers.get("confidentiality") == "anonymous":
+        # Chosen now, so even a call that ends before recording keeps no trace of the number.
+        call.caller_hash = None
     return _respond(session, call)
 
 
