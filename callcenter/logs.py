@@ -19,7 +19,9 @@ import re
 import threading
 from collections.abc import Iterable
 
-PHONE_PATTERN = re.compile(r"(?<![\w/])\+?\d[\d\s-]{7,}\d")
+# Digits inside a longer word, such as a hex object id that starts with ten digits,
+# are not a phone number.
+PHONE_PATTERN = re.compile(r"(?<![\w/])\+?\d[\d\s-]{7,}\d(?!\w)")
 LONG_HEX_PATTERN = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64,}(?![0-9A-Fa-f])")
 MASK = "[number removed]"
 SECRET_MASK = "[secret removed]"  # noqa: S105 - the replacement text, not a secret

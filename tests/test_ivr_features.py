@@ -131,7 +131,7 @@ def test_anonymous_hangup_in_menus_leaves_no_hash(post: Post, app: Flask) -> Non
 
 def test_urgent_case_flagged(post: Post, app: Flask) -> None:
     call_sid = new_call_sid()
-    keys = ARABIC_HR_CP[:-1] + [("rights_group", "9")]
+    keys = [*ARABIC_HR_CP[:-1], ("rights_group", "9")]
     response = walk(post, call_sid, keys)
     assert any("911" in text or "تسعة تسعة واحد" in text for text in says(response))
     post("/voice/next?node=urgent_notice", params(call_sid))
