@@ -59,24 +59,38 @@ def _free_port() -> int:
 
 
 def _demo_secrets(instance: Path) -> dict[str, str]:
-    """Read the demo's secrets, creating them on the first run."""
+    """Read the demo's secrets, creating any that are missing (all of them on the first run)."""
     path = instance / "demo-secrets.env"
-    if not path.exists():
-        values = {
-            "CALLCENTER_TWILIO_AUTH_TOKEN": secrets.token_hex(16),
-            "CALLCENTER_AUDIT_KEY": secrets.token_hex(32),
-        }
-        for role in ALL_ROLES:
-            values[f"CALLCENTER_{role.upper()}_PASSPHRASE"] = secrets.token_urlsafe(24)
+    values: dict[str, str] = {}
+    if path.exists():
+        pairs = (
+            line.split("=", 1)
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if "=" in line
+        )
+        values = {name: value for name, value in pairs}
+
+    names = [
+        "CALLCENTER_TWILIO_AUTH_TOKEN",
+        "CALLCENTER_AUDIT_KEY",
+        "CALLCENTER_CALLER_HASH_KEY",
+        *(f"CALLCENTER_{role.upper()}_PASSPHRASE" for role in ALL_ROLES),
+    ]
+    missing = {name: _new_secret(name) for name in names if not values.get(name)}
+    if missing:
+        values.update(missing)
         instance.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.writelines(f"{name}={value}\n" for name, value in values.items())
+    return values
 
-    pairs = (
-        line.split("=", 1) for line in path.read_text(encoding="utf-8").splitlines() if "=" in line
-    )
-    return {name: value for name, value in pairs}
+
+def _new_secret(name: str) -> str:
+    if name.endswith("_PASSPHRASE"):
+        return secrets.token_urlsafe(24)
+    # Keys are hex; the auth token only needs to match between the app and the emulator.
+    return secrets.token_hex(16 if name.endswith("AUTH_TOKEN") else 32)
 
 
 def _choose_model(settings: Settings) -> tuple[str, Path]:
