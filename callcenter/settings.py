@@ -191,7 +191,7 @@ class Settings:
 
 
 def passphrase_variable(role: str) -> str:
-    """Return the environment variable that holds a role's key passphrase."""
+    """Return the name of the environment variable that contains a role's key passphrase."""
     return f"{ENV_PREFIX}{role.upper()}_PASSPHRASE"
 
 

@@ -1,9 +1,9 @@
 """Worker processes for the two queues, on rq's forking Worker.
 
 The transcription worker loads the Vosk model and unlocks its private key before
-``work()``: every job then runs in a forked work-horse that shares them, so the
-model loads once per worker and a native crash or hang in Vosk fails one job (rq
-kills a stuck horse at job timeout + 60 s) while the worker carries on.
+``work()``. Every job then runs in a forked work-horse that shares them, so the model
+loads once per worker. A native crash or hang in Vosk fails one job while the worker
+carries on: rq kills a stuck work-horse 60 s after the job timeout.
 """
 
 from __future__ import annotations

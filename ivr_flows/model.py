@@ -54,7 +54,7 @@ EXTRA_PROMPTS: Mapping[NodeKind, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Prompt:
-    """What the caller hears at a node, one text per language code."""
+    """Prompt text of a node, one text per language code."""
 
     texts: Mapping[str, str]
 

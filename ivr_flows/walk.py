@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ivr_flows.engine import RECORD_RETRIES
 from ivr_flows.model import AGENT_KEY, REPEAT_KEY, Flow, Node, NodeKind
 
-# What the caller does at one <Gather> (keys, or None for silence) or one <Record>.
+# Caller inputs: keys or None (silence) at a <Gather>, SPEAK or EMPTY at a <Record>.
 SPEAK = "speak"
 EMPTY = "empty"
 INVALID_REFERENCE = "1234567890"
