@@ -33,10 +33,11 @@ def read_case(runtime: Runtime, reference: str, *, actor: str) -> dict[str, Any]
         if case is None:
             raise CallcenterError(f"no case with reference {reference}.")
 
+        # The newest recording is the take the caller kept ("record again" adds one).
         transcript = session.scalar(
             select(Transcript)
             .where(Transcript.case_id == case.id)
-            .order_by(Transcript.version.desc())
+            .order_by(Transcript.recording_id.desc(), Transcript.version.desc())
         )
         text = None
         if transcript is not None:

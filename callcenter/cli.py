@@ -163,7 +163,7 @@ def redis_command(ctx: click.Context) -> None:
             f"redis.url is set to {settings.redis.url}; the embedded Redis is not used."
         )
 
-    settings.app.instance_path.mkdir(parents=True, exist_ok=True)
+    settings.app.instance_path.mkdir(parents=True, exist_ok=True, mode=0o700)
     process = embedded_redis.start(settings.redis.socket_path)
     if process is None:
         return
@@ -195,7 +195,7 @@ def db_upgrade(ctx: click.Context, revision: str) -> None:
     from storage.migrate import current_revision, upgrade
 
     settings = _settings(ctx)
-    settings.app.instance_path.mkdir(parents=True, exist_ok=True)
+    settings.app.instance_path.mkdir(parents=True, exist_ok=True, mode=0o700)
     upgrade(settings.database.url, revision)
     click.echo(f"database at revision {current_revision(settings.database.url)}")
 

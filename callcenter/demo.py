@@ -79,7 +79,7 @@ def _demo_secrets(instance: Path) -> dict[str, str]:
     missing = {name: _new_secret(name) for name in names if not values.get(name)}
     if missing:
         values.update(missing)
-        instance.mkdir(parents=True, exist_ok=True)
+        instance.mkdir(parents=True, exist_ok=True, mode=0o700)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             handle.writelines(f"{name}={value}\n" for name, value in values.items())
@@ -195,7 +195,7 @@ def run_demo(*, timeout: float = 600) -> dict[str, Any]:
 
     instance = base_settings.app.instance_path
     logs = instance / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     model, audio_path = _choose_model(base_settings)
     app_port, media_port = _free_port(), _free_port()

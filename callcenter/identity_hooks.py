@@ -43,6 +43,25 @@ def on_case_opened(
         session.flush()
         return
 
+    seal_identity_if_missing(session, runtime, call=call, case=case, caller=caller)
+
+
+def seal_identity_if_missing(
+    session: Session, runtime: Runtime, *, call: Call, case: Case, caller: str
+) -> None:
+    """Seal the identity record once a webhook that carries the caller's number arrives.
+
+    Twilio's recording status callback has no ``From``, and it may open the case before
+    the <Record> action does; the next webhook with ``From`` then seals the record.
+    """
+    if (
+        not caller
+        or case.identity_object_id is not None
+        or case.confidentiality in (None, "anonymous")
+    ):
+        return
+
+    answers = call.answers
     record: dict[str, object] = {
         "phone_number": caller or None,
         "consent_callback": answers.get("consent_callback") == "yes",

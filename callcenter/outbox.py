@@ -118,7 +118,7 @@ def _give_up(session: Session, message: OutboxMessage) -> None:
     recording = session.get(Recording, message.entity_id)
     if recording is not None:
         if message.job_name == TRANSCRIBE_RECORDING:
-            recording.case.status = CaseStatus.TRANSCRIPTION_FAILED.value
+            recording.case.set_intake_status(CaseStatus.TRANSCRIPTION_FAILED)
             recording.case.failure_reason = (
                 f"Transcription failed {message.attempts} times (the worker crashed or timed out); "
                 "the sealed recording is kept for an agent to listen to."
@@ -133,7 +133,7 @@ def _give_up(session: Session, message: OutboxMessage) -> None:
                 "or delete it in the Twilio console."
             )
         elif recording.status != RecordingStatus.STORED.value:
-            recording.case.status = CaseStatus.RECORDING_FAILED.value
+            recording.case.set_intake_status(CaseStatus.RECORDING_FAILED)
             recording.case.failure_reason = (
                 f"Recording job failed {message.attempts} times: {recording.last_error or 'see the worker log'}. "
                 f"Retry with `callcenter recordings retry {recording.id}`."

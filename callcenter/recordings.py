@@ -67,7 +67,14 @@ def process_recording(recording_id: int) -> None:
             logger.error("recording row %d not found; nothing to do", recording_id)
             return
 
-        if recording.status != RecordingStatus.STORED.value:
+        if recording.case.status == CaseStatus.ERASED.value:
+            # Erased while the job waited: store nothing, but still remove Twilio's copy.
+            logger.info(
+                "case %d was erased; recording %s is not stored",
+                recording.case_id,
+                recording.recording_sid,
+            )
+        elif recording.status != RecordingStatus.STORED.value:
             _download_and_seal(runtime, session, recording)
 
         if recording.twilio_deleted_at is None:
@@ -120,7 +127,7 @@ def _download_and_seal(runtime: Runtime, session: Session, recording: Recording)
     recording.status = RecordingStatus.STORED.value
     recording.last_error = None
     recording.case.failure_reason = None
-    recording.case.status = CaseStatus.AWAITING_TRANSCRIPTION.value
+    recording.case.set_intake_status(CaseStatus.AWAITING_TRANSCRIPTION)
     outbox.add_message(
         session,
         queue=outbox.TRANSCRIPTION_QUEUE,
@@ -151,7 +158,7 @@ def _count_attempt(session: Session, recording: Recording) -> None:
 def _fail(runtime: Runtime, session: Session, recording: Recording, reason: str) -> None:
     recording.status = RecordingStatus.FAILED.value
     recording.last_error = reason
-    recording.case.status = CaseStatus.RECORDING_FAILED.value
+    recording.case.set_intake_status(CaseStatus.RECORDING_FAILED)
     recording.case.failure_reason = (
         f"Recording {recording.recording_sid} could not be downloaded from Twilio ({reason}). "
         "Twilio keeps it until it is deleted: retry with `callcenter recordings retry "

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, current_app, request, send_from_directory
+from redis.exceptions import RedisError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -24,7 +25,7 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from callcenter import outbox
 from callcenter.calls import FlowHolder, find_call, open_case, state_of, store_state
-from callcenter.identity_hooks import caller_key, on_case_opened
+from callcenter.identity_hooks import caller_key, on_case_opened, seal_identity_if_missing
 from callcenter.references import is_valid_reference
 from callcenter.runtime import Runtime
 from callcenter.signature import require_twilio_signature
@@ -34,7 +35,7 @@ from ivr_flows.engine import CallState
 from ivr_flows.model import Flow, NodeKind, Prompt
 from ivr_flows.render import Context, RenderOptions, render
 from storage.audit import append_event
-from storage.models import Call, Case, Recording
+from storage.models import Call, Case, CaseStatus, Recording
 
 logger = logging.getLogger("callcenter.voice")
 
@@ -298,7 +299,10 @@ def recorded() -> Response:
         has_recording = bool(form.get("RecordingUrl"))
         duration = _int_or_none(form.get("RecordingDuration")) or 0
         if has_recording:
-            _open_case(session, call)
+            case = _open_case(session, call)
+            seal_identity_if_missing(
+                session, _runtime(), call=call, case=case, caller=form.get("From", "")
+            )
 
         if form.get("Digits") == "hangup":
             # The caller is gone: TwiML returned now would not be played.
@@ -372,13 +376,25 @@ def follow_up() -> Response:
 
 
 def _follow_up_allowed(call: Call) -> bool:
-    """Count a lookup against the caller's hourly limit; False once it is used up."""
+    """Count a lookup against the caller's hourly limit; False once it is used up.
+
+    The counter gets its expiry when it is created, in the same transaction as the
+    increment, so a crash cannot leave a caller limited for ever. With Redis down the
+    lookup is allowed: guessing a ten-digit number with a check digit by telephone is
+    slow, and callers should not lose the status line during an outage.
+    """
     key = f"callcenter:follow-up:{call.caller_hash or call.call_sid}"
-    redis = _runtime().redis
-    count = int(redis.incr(key))
-    if count == 1:
-        redis.expire(key, FOLLOW_UP_WINDOW_SECONDS)
-    return count <= FOLLOW_UP_LIMIT
+    try:
+        with _runtime().redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, 0, ex=FOLLOW_UP_WINDOW_SECONDS, nx=True)
+            pipe.incr(key)
+            _created, count = pipe.execute()
+    except RedisError as error:
+        logger.warning(
+            "follow-up limit not checked for call %s, Redis failed: %s", call.call_sid, error
+        )
+        return True
+    return int(count) <= FOLLOW_UP_LIMIT
 
 
 @bp.post("/queue-wait")
@@ -463,6 +479,7 @@ def recording_status() -> Response:
             status,
             form.get("ErrorCode", "none"),
         )
+        _note_missing_recording(call_sid, status)
         return _empty()
 
     url = form.get("RecordingUrl", "")
@@ -513,6 +530,22 @@ def recording_status() -> Response:
     return _empty()
 
 
+def _note_missing_recording(call_sid: str, status: str) -> None:
+    """Tell a person why a case opened at the <Record> action has no recording after all."""
+    with _runtime().session() as session:
+        call = find_call(session, call_sid)
+        case = session.get(Case, call.case_id) if call is not None and call.case_id else None
+        if case is None or case.recordings:
+            return
+        case.set_intake_status(CaseStatus.RECORDING_FAILED)
+        case.failure_reason = (
+            f"Twilio reported the recording {status}: the caller hung up before saying anything, "
+            "so there is nothing to listen to. Call back only if the caller consented."
+        )
+        session.commit()
+        logger.info("case %d has no recording: Twilio reported it %s", case.id, status)
+
+
 @bp.post("/status")
 @require_twilio_signature
 def call_status() -> Response:
@@ -520,6 +553,10 @@ def call_status() -> Response:
     with _runtime().session() as session:
         call = find_call(session, _call_sid())
         if call is not None:
+            case = session.get(Case, call.case_id) if call.case_id is not None else None
+            if case is not None:
+                caller = request.form.get("From", "")
+                seal_identity_if_missing(session, _runtime(), call=call, case=case, caller=caller)
             call.twilio_status = request.form.get("CallStatus", "completed")[:32]
             call.ended_at = call.ended_at or datetime.now(UTC)
             session.commit()

@@ -14,6 +14,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
+from storage.db import create_private_sqlite_file
+
 MIGRATIONS_DIRECTORY = Path(__file__).resolve().parent / "migrations"
 
 
@@ -33,7 +35,9 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Upgrade the database at ``url`` to ``revision``."""
+    """Upgrade the database at ``url`` to ``revision``, creating a SQLite file private."""
+    if url.startswith("sqlite"):
+        create_private_sqlite_file(url)
     command.upgrade(alembic_config(url), revision)
 
 

@@ -79,6 +79,18 @@ class CaseStatus(enum.StrEnum):
     ERASED = "erased"
 
 
+# Statuses the intake pipeline may change; anything later belongs to people (or erasure).
+INTAKE_STATUSES = frozenset(
+    {
+        CaseStatus.RECEIVED.value,
+        CaseStatus.AWAITING_TRANSCRIPTION.value,
+        CaseStatus.AWAITING_REVIEW.value,
+        CaseStatus.TRANSCRIPTION_FAILED.value,
+        CaseStatus.RECORDING_FAILED.value,
+    }
+)
+
+
 class Confidentiality(enum.StrEnum):
     """How much of the caller's identity a case keeps.
 
@@ -177,6 +189,17 @@ class Case(Base):
     recordings: Mapped[list[Recording]] = relationship(back_populates="case")
     transcripts: Mapped[list[Transcript]] = relationship(back_populates="case")
     identity_object: Mapped[SealedObject | None] = relationship(foreign_keys=[identity_object_id])
+
+    def set_intake_status(self, status: CaseStatus) -> bool:
+        """Move the case along the intake pipeline unless a person or an erasure moved it on.
+
+        Returns False and leaves the status alone when it is outside INTAKE_STATUSES,
+        so a late worker cannot undo a screening decision or revive an erased case.
+        """
+        if self.status not in INTAKE_STATUSES:
+            return False
+        self.status = status.value
+        return True
 
 
 @event.listens_for(Case.status, "set")

@@ -74,6 +74,14 @@ def run_transcription(
     context: TranscriptionContext, session: Session, recording: Recording
 ) -> None:
     """Transcribe one stored recording and move its case to review."""
+    if recording.case.status == CaseStatus.ERASED.value:
+        logger.info(
+            "case %d was erased; recording %d is not transcribed", recording.case_id, recording.id
+        )
+        mark_done(session, JOB_NAME, recording.id, note="case erased")
+        session.commit()
+        return
+
     existing = session.scalar(select(Transcript.id).where(Transcript.recording_id == recording.id))
     if existing is not None:
         logger.info("recording %d already has transcript %d", recording.id, existing)
@@ -122,7 +130,7 @@ def run_transcription(
         )
     )
     case = recording.case
-    case.status = CaseStatus.AWAITING_REVIEW.value
+    case.set_intake_status(CaseStatus.AWAITING_REVIEW)
     if not result.text:
         case.failure_reason = "Vosk heard no words in the recording; an agent should listen to it."
     append_event(
@@ -144,7 +152,7 @@ def _record_failure(
 ) -> None:
     """Keep the sealed audio and tell a person why it could not be transcribed."""
     case = recording.case
-    case.status = CaseStatus.TRANSCRIPTION_FAILED.value
+    case.set_intake_status(CaseStatus.TRANSCRIPTION_FAILED)
     case.failure_reason = (
         f"The recording could not be transcribed: {reason.rstrip('.')}. The sealed audio is kept."
     )
