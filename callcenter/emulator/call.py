@@ -642,8 +642,14 @@ class CallRun:
             # After <Leave> with no action, Twilio goes on with the next verb.
             return None if left else _Handover(None)
 
-        extra = {"QueueResult": "leave" if left else "hangup", "QueueSid": queue_sid, "QueueTime": waited}
-        action = _TwimlRequest(url=_resolve(document_url, enqueue.action), method=enqueue.method, extra=extra)
+        extra = {
+            "QueueResult": "leave" if left else "hangup",
+            "QueueSid": queue_sid,
+            "QueueTime": waited,
+        }
+        action = _TwimlRequest(
+            url=_resolve(document_url, enqueue.action), method=enqueue.method, extra=extra
+        )
         if left:
             return _Handover(action)
 
@@ -661,7 +667,9 @@ class CallRun:
                 "QueueTime": str(int(self._simulated_seconds - started)),
                 "AvgQueueTime": "0",
             }
-            request = _TwimlRequest(url=_resolve(document_url, enqueue.wait_url), method="POST", extra=extra)
+            request = _TwimlRequest(
+                url=_resolve(document_url, enqueue.wait_url), method="POST", extra=extra
+            )
             document, _error = self._request_twiml(request)
             if document is None or self._caller_hung_up():
                 return False

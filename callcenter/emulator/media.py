@@ -237,7 +237,9 @@ class MediaServer:
     the emulator's address before the emulator started.
     """
 
-    def __init__(self, *, account_sid: str, auth_token: str, store: RecordingStore, port: int = 0) -> None:
+    def __init__(
+        self, *, account_sid: str, auth_token: str, store: RecordingStore, port: int = 0
+    ) -> None:
         self._port = port
         self._account_sid = account_sid
         self._auth_token = auth_token
@@ -257,7 +259,9 @@ class MediaServer:
         if self._server is not None:
             return
 
-        self._server = _MediaHttpServer(self._account_sid, self._auth_token, self._store, self._port)
+        self._server = _MediaHttpServer(
+            self._account_sid, self._auth_token, self._store, self._port
+        )
         # A short poll interval lets stop() return quickly; shutdown() waits for one poll.
         self._thread = threading.Thread(
             target=self._server.serve_forever,
