@@ -439,3 +439,44 @@ def test_install_spec_without_url(tmp_path: Path) -> None:
 
     with pytest.raises(ModelInstallError, match="has no download URL"):
         install_model(spec, tmp_path)
+
+
+def test_cli_installs_arabic_from_mirror(base_url: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from callcenter.cli import main
+
+    repo_root = Path(__file__).resolve().parents[1]
+    env = {
+        "CALLCENTER_CONFIG": str(repo_root / "config.toml"),
+        "CALLCENTER_APP__INSTANCE_PATH": str(tmp_path / "instance"),
+    }
+    url = f"{base_url}/{MODEL_NAME}.zip"
+
+    result = CliRunner(env=env).invoke(main, ["models", "install", "ar", "--url", url])
+
+    models_dir = tmp_path / "instance" / "models"
+    assert result.exit_code == 0, result.output
+    assert "Installed and loaded" in result.output
+    assert "Downloading" in result.output
+    assert resolve_model_path("ar", models_dir) == models_dir / CATALOG["ar"].name
+
+
+def test_cli_install_failure_is_one_line(base_url: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from callcenter.cli import main
+
+    repo_root = Path(__file__).resolve().parents[1]
+    env = {
+        "CALLCENTER_CONFIG": str(repo_root / "config.toml"),
+        "CALLCENTER_APP__INSTANCE_PATH": str(tmp_path / "instance"),
+    }
+
+    result = CliRunner(env=env).invoke(
+        main, ["models", "install", "ar", "--url", f"{base_url}/missing.zip"]
+    )
+
+    assert result.exit_code == 1
+    assert "404" in result.output
+    assert "Traceback" not in result.output
