@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the project with its test tools
 
-system-deps: ## Install the Debian packages the tests need (espeak-ng, sox) when missing
-	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || { \
-	  echo "Installing espeak-ng and sox (Debian packages) for test audio"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox >/dev/null; }
+system-deps: ## Install the Debian packages the tests need (espeak-ng, sox, graphviz) when missing
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && command -v dot >/dev/null || { \
+	  echo "Installing espeak-ng, sox (test audio) and graphviz (flow diagrams) from Debian"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox graphviz >/dev/null; }
 
 demo: install ## Run one phone complaint end to end on embedded defaults and print the case
 	$(BIN)/callcenter demo

@@ -532,3 +532,13 @@ def flows_graph(file: str, output: Path, language: str | None) -> None:
 
     render_svg(load_flow(file), output, language)
     click.echo(f"wrote {output}")
+
+
+def _register_security_commands() -> None:
+    # Imported last: security_cli adds its commands to the groups defined above.
+    from callcenter.security_cli import register
+
+    register(main, keys)
+
+
+_register_security_commands()

@@ -177,7 +177,7 @@ class KeyStore:
         path = self._retired_path(role, key_id, "private")
         private_key = self._load_private_file(path, role, passphrase)
         if private_key.key_id != key_id:
-            raise SealingError(f"Key file {path} is invalid: it holds key {private_key.key_id}.")
+            raise SealingError(f"Key file {path} is invalid: it contains key {private_key.key_id}.")
 
         return private_key
 
@@ -191,7 +191,7 @@ class KeyStore:
         path = self._retired_path(role, key_id, "public")
         public_key = self._load_public_file(path, role)
         if public_key.key_id != key_id:
-            raise SealingError(f"Key file {path} is invalid: it holds key {public_key.key_id}.")
+            raise SealingError(f"Key file {path} is invalid: it contains key {public_key.key_id}.")
 
         return public_key
 

@@ -319,3 +319,36 @@ def test_short_recording_retried_once() -> None:
     again = engine.retry(flow, state)
     assert again.node == "record"
     assert engine.retry(flow, again).node == "goodbye"
+
+
+def test_graph_has_every_node_and_key() -> None:
+    from ivr_flows.graph import to_dot
+
+    flow = load_flow("complaints.toml")
+    dot = to_dot(flow)
+    for node_id in flow.nodes:
+        assert f'"{node_id}" [shape=' in dot
+    assert '"complaint_type" -> "follow_up" [label="4"]' in dot
+
+
+def test_graph_command_writes_svg(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from callcenter.cli import main
+
+    output = tmp_path / "flow.svg"
+    result = CliRunner().invoke(main, ["flows", "graph", str(SHIPPED), "--out", str(output)])
+    assert result.exit_code == 0, result.output
+    assert output.read_text(encoding="utf-8").lstrip().startswith("<?xml")
+    assert "confirm_recording" in output.read_text(encoding="utf-8")
+
+
+def test_check_command_names_error(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from callcenter.cli import main
+
+    path = edited(tmp_path, 'next = "rights_group"', 'next = "rights"')
+    result = CliRunner().invoke(main, ["flows", "check", str(path)])
+    assert result.exit_code == 1
+    assert "node 'complaint_type', field 'options[0].next': unknown target 'rights'" in result.output
