@@ -15,6 +15,7 @@ from rq.serializers import JSONSerializer
 
 from callcenter import outbox, recordings
 from callcenter.errors import ConfigurationError
+from callcenter.identity import content_recipients
 from callcenter.runtime import Runtime
 from storage.sealing import ROLE_CASE_OFFICE, ROLE_TRANSCRIPTION
 from transcription import jobs
@@ -47,6 +48,9 @@ def prepare_transcription(runtime: Runtime) -> None:
             private_key=private_key,
             case_office_key=case_office_key,
             audit_key=audit_key,
+            content_recipients=lambda session, case_id: content_recipients(
+                session, runtime.keys, case_id
+            ),
             max_audio_seconds=settings.transcription.max_audio_seconds,
         )
     )

@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from callcenter import create_app, outbox
 from callcenter.emulator import CallResult, TwilioEmulator
+from callcenter.identity import content_recipients, refer_case
 from callcenter.runtime import Runtime
 from callcenter.settings import Settings, load_settings
 from callcenter.worker import make_worker, prepare_recordings
@@ -91,9 +92,16 @@ class Pipeline:
 
     def run_workers(self) -> None:
         """Drain both queues with forking workers, recordings first."""
+        self.run_recordings_worker()
+        self.run_transcription_worker()
+
+    def run_recordings_worker(self) -> None:
         recordings_runtime = Runtime(self.intake)
         prepare_recordings(recordings_runtime)
         make_worker(recordings_runtime, outbox.RECORDINGS_QUEUE).work(burst=True)
+        recordings_runtime.close()
+
+    def run_transcription_worker(self) -> None:
 
         transcription_runtime = Runtime(self.transcription)
         jobs.install_context(
@@ -107,10 +115,12 @@ class Pipeline:
                 case_office_key=transcription_runtime.public_key(ROLE_CASE_OFFICE),
                 audit_key=bytes.fromhex(AUDIT_KEY_HEX),
                 max_audio_seconds=600,
+                content_recipients=lambda session, case_id: content_recipients(
+                    session, transcription_runtime.keys, case_id
+                ),
             )
         )
         make_worker(transcription_runtime, outbox.TRANSCRIPTION_QUEUE).work(burst=True)
-        recordings_runtime.close()
         transcription_runtime.close()
 
     def case_for(self, call_sid: str) -> Case:
@@ -394,3 +404,36 @@ def test_call_on_postgres(
         case = pipeline.case_for(result.call_sid)
         assert case.status == CaseStatus.AWAITING_REVIEW.value
         assert pipeline.transcript_text(case.id)
+
+
+def test_referred_body_reads_later_transcript(pipeline: Pipeline) -> None:
+    body = "body_pipeline"
+    store = pipeline.runtime.keys
+    if body not in store.roles():
+        store.init_role(body, b"passphrase of the test body")
+
+    result, emulator = phone(pipeline, AUDIO.read_bytes())
+    pipeline.run_recordings_worker()
+    case_id = pipeline.case_for(result.call_sid).id
+    with pipeline.runtime.session() as session:
+        refer_case(
+            session,
+            pipeline.runtime,
+            case=session.get_one(Case, case_id),
+            body=body,
+            actor="agent:1",
+            case_office_key=store.load_private(
+                ROLE_CASE_OFFICE, PASSPHRASES[ROLE_CASE_OFFICE].encode()
+            ),
+        )
+        session.commit()
+    pipeline.run_transcription_worker()
+    emulator.stop()
+
+    body_key = store.load_private(body, b"passphrase of the test body")
+    with pipeline.runtime.session() as session:
+        transcript = session.scalar(select(Transcript).where(Transcript.case_id == case_id))
+        assert transcript is not None
+        sealed = session.get_one(SealedObject, transcript.sealed_object_id)
+        text = json.loads(open_sealed(session, pipeline.runtime.blobs, sealed, body_key))["text"]
+    assert text == pipeline.transcript_text(case_id)

@@ -12,6 +12,7 @@ transcript row, the case status and the outbox row change in one transaction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -44,6 +45,9 @@ class TranscriptionContext:
     case_office_key: PublicKey
     audit_key: bytes
     max_audio_seconds: float
+    # Keys that new content of a case is sealed to, given the case id: the case office
+    # plus any body the case is referred to. None means the case office alone.
+    content_recipients: Callable[[Session, int], list[PublicKey]] | None = None
 
 
 _context: TranscriptionContext | None = None
@@ -116,7 +120,11 @@ def run_transcription(
         data=result.to_json(),
         kind=ObjectKind.TRANSCRIPT,
         case_id=recording.case_id,
-        recipients=[context.case_office_key],
+        recipients=(
+            context.content_recipients(session, recording.case_id)
+            if context.content_recipients is not None
+            else [context.case_office_key]
+        ),
     )
     session.add(
         Transcript(
