@@ -270,7 +270,10 @@ def test_postgres_refuses_changes(
     postgres = Runtime(settings)
     try:
         append_events(postgres, 2)
-        with postgres.engine.begin() as connection, pytest.raises(DatabaseError, match="append-only"):
+        with (
+            postgres.engine.begin() as connection,
+            pytest.raises(DatabaseError, match="append-only"),
+        ):
             connection.execute(text(sql))
     finally:
         postgres.close()

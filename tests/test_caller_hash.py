@@ -66,7 +66,14 @@ def plain_hash(number: str) -> str:
 
 @pytest.mark.parametrize(
     "written",
-    ["+962795551234", "+962 79 555 1234", "00962795551234", "0795551234", "079-555-1234", "٠٧٩٥٥٥١٢٣٤"],
+    [
+        "+962795551234",
+        "+962 79 555 1234",
+        "00962795551234",
+        "0795551234",
+        "079-555-1234",
+        "٠٧٩٥٥٥١٢٣٤",
+    ],
 )
 def test_formats_hash_alike(written: str) -> None:
     assert caller_hash(written, KEY) == caller_hash(CALLER, KEY)
@@ -101,7 +108,9 @@ def test_normalized_to_e164() -> None:
     assert normalize_number("0795551234") == CALLER
 
 
-@pytest.mark.parametrize("written", ["795551234", "+0795551234", "+96279", "+9627955512341234", "call me"])
+@pytest.mark.parametrize(
+    "written", ["795551234", "+0795551234", "+96279", "+9627955512341234", "call me"]
+)
 def test_invalid_number_rejected(written: str) -> None:
     with pytest.raises(InvalidNumberError):
         caller_hash(written, KEY)

@@ -351,4 +351,6 @@ def test_check_command_names_error(tmp_path: Path) -> None:
     path = edited(tmp_path, 'next = "rights_group"', 'next = "rights"')
     result = CliRunner().invoke(main, ["flows", "check", str(path)])
     assert result.exit_code == 1
-    assert "node 'complaint_type', field 'options[0].next': unknown target 'rights'" in result.output
+    assert (
+        "node 'complaint_type', field 'options[0].next': unknown target 'rights'" in result.output
+    )

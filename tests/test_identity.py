@@ -277,9 +277,7 @@ def opens(runtime: Runtime, object_id: str, role: str) -> bool:
 
 def wrap_roles(runtime: Runtime, object_id: str) -> list[str]:
     with runtime.session() as session:
-        return sorted(
-            session.scalars(select(KeyWrap.role).where(KeyWrap.object_id == object_id))
-        )
+        return sorted(session.scalars(select(KeyWrap.role).where(KeyWrap.object_id == object_id)))
 
 
 def audit_actions(runtime: Runtime, case_id: int | None = None) -> list[str]:
@@ -384,7 +382,9 @@ def test_identity_sealed_with_public_key_only(
     intake = Runtime(settings)
     try:
         with intake.session() as session:
-            case = Case(reference=allocate_reference(session), language="ar", confidentiality="named")
+            case = Case(
+                reference=allocate_reference(session), language="ar", confidentiality="named"
+            )
             session.add(case)
             session.flush()
             sealed = store_identity(session, intake, case=case, record=IDENTITY_RECORD)
@@ -594,7 +594,9 @@ def test_linked_cases_share_caller_hash(runtime: Runtime) -> None:
 def test_cli_referral_and_approval(runtime: Runtime, security_settings: Settings) -> None:
     stored = make_case(runtime)
 
-    referred = run_cli(security_settings, "case", "refer", stored.reference, "--body", BODY, "--actor", "agent:7")
+    referred = run_cli(
+        security_settings, "case", "refer", stored.reference, "--body", BODY, "--actor", "agent:7"
+    )
     requested = run_cli(
         security_settings,
         "identity", "request", stored.reference,
@@ -605,7 +607,12 @@ def test_cli_referral_and_approval(runtime: Runtime, security_settings: Settings
     pending = run_cli(security_settings, "identity", "pending")
     request_id = json.loads(pending.output.splitlines()[0])["request"]
     justification = run_cli(
-        security_settings, "identity", "justification", str(request_id), "--custodian", "custodian:1"
+        security_settings,
+        "identity",
+        "justification",
+        str(request_id),
+        "--custodian",
+        "custodian:1",
     )
     approved = run_cli(
         security_settings,

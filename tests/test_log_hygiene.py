@@ -124,7 +124,9 @@ def filtered(record: logging.LogRecord) -> str:
     return logging.Formatter("%(message)s").format(record)
 
 
-@pytest.mark.parametrize("number", ["+962795551234", "0795551234", "+962 79 555 1234", "00962795551234"])
+@pytest.mark.parametrize(
+    "number", ["+962795551234", "0795551234", "+962 79 555 1234", "00962795551234"]
+)
 def test_filter_masks_numbers(number: str) -> None:
     assert filtered(make_record("call from %s", number)) == f"call from {MASK}"
 
@@ -159,7 +161,9 @@ def test_filter_masks_exception_text() -> None:
     try:
         raise ValueError("rejected +962795551234")
     except ValueError:
-        record = logging.LogRecord("test", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+        record = logging.LogRecord(
+            "test", logging.ERROR, __file__, 1, "failed", None, sys.exc_info()
+        )
 
     text = filtered(record)
 

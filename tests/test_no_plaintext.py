@@ -120,7 +120,9 @@ def find(fragments: list[bytes], haystack: bytes) -> list[bytes]:
     return [fragment for fragment in fragments if fragment in haystack]
 
 
-def test_whole_call_leaves_no_plaintext(pipeline: Pipeline, private_tmp: Path, tmp_path: Path) -> None:
+def test_whole_call_leaves_no_plaintext(
+    pipeline: Pipeline, private_tmp: Path, tmp_path: Path
+) -> None:
     audio = AUDIO.read_bytes()
     result, emulator = phone(pipeline, audio)
     pipeline.run_workers()
@@ -136,7 +138,9 @@ def test_whole_call_leaves_no_plaintext(pipeline: Pipeline, private_tmp: Path, t
         if (hits := find(fragments, path.read_bytes()))
     }
     redis_hits = {
-        key: hits for key, value in redis_values(pipeline.runtime.redis) if (hits := find(fragments, value))
+        key: hits
+        for key, value in redis_values(pipeline.runtime.redis)
+        if (hits := find(fragments, value))
     }
     database = b"".join(path.read_bytes() for path in tmp_path.glob("callcenter.sqlite3*"))
     blobs = list(files_under(pipeline.intake.sealing.blobs_dir))
@@ -184,7 +188,10 @@ def test_jobs_carry_ids_only(pipeline: Pipeline) -> None:
     jobs = [Job.fetch(job_id, connection=redis, serializer=JSONSerializer) for job_id in job_ids]
 
     assert result.status == "completed"
-    assert {job.func_name for job in jobs} == {outbox.PROCESS_RECORDING, outbox.TRANSCRIBE_RECORDING}
+    assert {job.func_name for job in jobs} == {
+        outbox.PROCESS_RECORDING,
+        outbox.TRANSCRIBE_RECORDING,
+    }
     for job in jobs:
         assert len(job.args) == 1, f"job {job.id} has arguments {job.args}"
         assert isinstance(job.args[0], int), f"job {job.id} has arguments {job.args}"
@@ -239,7 +246,9 @@ def test_remote_redis_needs_password(make_env: Env) -> None:
 
 
 def test_remote_redis_with_password_accepted(make_env: Env) -> None:
-    settings = load_settings(make_env(CALLCENTER_REDIS__URL="rediss://:s3cret-pass@queue.internal:6380/0"))
+    settings = load_settings(
+        make_env(CALLCENTER_REDIS__URL="rediss://:s3cret-pass@queue.internal:6380/0")
+    )
 
     assert not settings.redis.embedded
 

@@ -152,7 +152,9 @@ def test_identity_erasure_forgets_caller(runtime: Runtime) -> None:
     retention_pass(runtime)
 
     with runtime.session() as session:
-        hashes = list(session.scalars(select(Call.caller_hash).where(Call.case_id == stored.case_id)))
+        hashes = list(
+            session.scalars(select(Call.caller_hash).where(Call.case_id == stored.case_id))
+        )
     assert hashes == [None]
 
 
@@ -248,7 +250,9 @@ def test_interrupted_erasure_finished(runtime: Runtime) -> None:
     assert not runtime.blobs.exists(blob_key)
 
 
-def test_cli_retention_run(runtime: Runtime, closed_case: StoredCase, security_settings: Settings) -> None:
+def test_cli_retention_run(
+    runtime: Runtime, closed_case: StoredCase, security_settings: Settings
+) -> None:
     result = run_cli(security_settings, "retention", "run")
 
     assert result.exit_code == 0, result.output
@@ -273,7 +277,9 @@ def test_case_erase_destroys_everything(runtime: Runtime, security_settings: Set
         assert wraps_of(runtime, object_id) == []
     with runtime.session() as session:
         case = session.get_one(Case, stored.case_id)
-        blobs_left = [runtime.blobs.exists(obj.blob_key) for obj in session.scalars(select(SealedObject))]
+        blobs_left = [
+            runtime.blobs.exists(obj.blob_key) for obj in session.scalars(select(SealedObject))
+        ]
         assert case.status == CaseStatus.ERASED.value
         assert not any(blobs_left)
 
@@ -318,13 +324,24 @@ def test_case_erase_forgets_caller(runtime: Runtime, security_settings: Settings
     )  # fmt: skip
 
     with runtime.session() as session:
-        hashes = list(session.scalars(select(Call.caller_hash).where(Call.case_id == stored.case_id)))
+        hashes = list(
+            session.scalars(select(Call.caller_hash).where(Call.case_id == stored.case_id))
+        )
     assert hashes == [None]
 
 
 def test_case_erase_twice_is_quiet(runtime: Runtime, security_settings: Settings) -> None:
     stored = make_case(runtime)
-    arguments = ("case", "erase", stored.reference, "--reason", "caller_request", "--actor", "agent:7", "--yes")
+    arguments = (
+        "case",
+        "erase",
+        stored.reference,
+        "--reason",
+        "caller_request",
+        "--actor",
+        "agent:7",
+        "--yes",
+    )
     run_cli(security_settings, *arguments)
     events = len(audit_actions(runtime, stored.case_id))
 

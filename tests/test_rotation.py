@@ -178,7 +178,9 @@ def test_interrupted_rotation_keeps_objects_open(runtime: Runtime) -> None:
     # Mid-rotation, every object still has a wrap for the old key or the new one.
     new_key = private_key(runtime, ROLE_CASE_OFFICE)
     old_key = runtime.keys.load_private_by_id(
-        ROLE_CASE_OFFICE, next(iter(wrap_key_ids(runtime, ROLE_CASE_OFFICE) - {new_key.key_id})), OLD_PASSPHRASE
+        ROLE_CASE_OFFICE,
+        next(iter(wrap_key_ids(runtime, ROLE_CASE_OFFICE) - {new_key.key_id})),
+        OLD_PASSPHRASE,
     )
     with runtime.session() as session:
         for stored in cases:
@@ -193,7 +195,9 @@ def test_resume_after_crash_before_recording_key(runtime: Runtime) -> None:
     old_key_id = runtime.keys.current_key_id(ROLE_CASE_OFFICE)
     assert old_key_id is not None
     with runtime.session() as session:
-        session.add(KeyRotation(role=ROLE_CASE_OFFICE, old_key_id=old_key_id, started_by="operator:1"))
+        session.add(
+            KeyRotation(role=ROLE_CASE_OFFICE, old_key_id=old_key_id, started_by="operator:1")
+        )
         session.commit()
     orphan = runtime.keys.init_role(ROLE_CASE_OFFICE, OLD_PASSPHRASE, replace=True)
 
@@ -332,7 +336,12 @@ def test_status_warns_about_stale_wraps(runtime: Runtime, security_settings: Set
     stale = runtime.keys.load_public_by_id(ROLE_CASE_OFFICE, old_key_id)
     with runtime.session() as session:
         store_sealed(
-            session, runtime.blobs, data=b"note", kind=ObjectKind.NOTE, case_id=None, recipients=[stale]
+            session,
+            runtime.blobs,
+            data=b"note",
+            kind=ObjectKind.NOTE,
+            case_id=None,
+            recipients=[stale],
         )
         session.commit()
 
@@ -342,7 +351,9 @@ def test_status_warns_about_stale_wraps(runtime: Runtime, security_settings: Set
     assert f"retired key {old_key_id}" in status.output
     assert rewrapped.exit_code == 0, rewrapped.output
     assert "moved 1 wraps" in rewrapped.output
-    assert wrap_key_ids(runtime, ROLE_CASE_OFFICE) == {runtime.keys.current_key_id(ROLE_CASE_OFFICE)}
+    assert wrap_key_ids(runtime, ROLE_CASE_OFFICE) == {
+        runtime.keys.current_key_id(ROLE_CASE_OFFICE)
+    }
 
 
 def test_revoke_removes_body_wraps(runtime: Runtime, security_settings: Settings) -> None:
@@ -364,7 +375,11 @@ def test_revoking_one_key_keeps_referral(runtime: Runtime) -> None:
     body_key_id = runtime.keys.current_key_id(BODY)
     with runtime.session() as session:
         key_lifecycle.revoke_wraps(
-            session, BODY, key_id=body_key_id, chain_key=bytes.fromhex(AUDIT_KEY_HEX), actor="operator:1"
+            session,
+            BODY,
+            key_id=body_key_id,
+            chain_key=bytes.fromhex(AUDIT_KEY_HEX),
+            actor="operator:1",
         )
         session.commit()
         referral = session.scalars(select(Referral)).one()
@@ -407,7 +422,12 @@ def test_revoke_refuses_to_orphan(runtime: Runtime, security_settings: Settings)
     body_public = runtime.keys.load_public(BODY)
     with runtime.session() as session:
         store_sealed(
-            session, runtime.blobs, data=b"x", kind=ObjectKind.NOTE, case_id=None, recipients=[body_public]
+            session,
+            runtime.blobs,
+            data=b"x",
+            kind=ObjectKind.NOTE,
+            case_id=None,
+            recipients=[body_public],
         )
         session.commit()
 

@@ -27,12 +27,16 @@ def test_override_converted_to_type(make_env: Env) -> None:
 
 
 def test_bad_number_names_variable(make_env: Env) -> None:
-    with pytest.raises(ConfigurationError, match=re.escape("CALLCENTER_VOICE__MAX_RECORDING_SECONDS='long'")):
+    with pytest.raises(
+        ConfigurationError, match=re.escape("CALLCENTER_VOICE__MAX_RECORDING_SECONDS='long'")
+    ):
         load_settings(make_env(CALLCENTER_VOICE__MAX_RECORDING_SECONDS="long"))
 
 
 def test_unknown_variable_rejected(make_env: Env) -> None:
-    with pytest.raises(ConfigurationError, match=re.escape("CALLCENTER_VOICE__MAX_LENGTH does not match")):
+    with pytest.raises(
+        ConfigurationError, match=re.escape("CALLCENTER_VOICE__MAX_LENGTH does not match")
+    ):
         load_settings(make_env(CALLCENTER_VOICE__MAX_LENGTH="1"))
 
 
