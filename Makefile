@@ -28,8 +28,9 @@ demo: install ## Run one phone complaint end to end on embedded defaults and pri
 
 test: install system-deps lint typecheck pytest ## Run ruff, mypy and every test
 
-lint: install ## Check style with ruff
+lint: install ## Check style and formatting with ruff
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: install ## Check types with mypy (strict for package code)
 	$(BIN)/mypy
