@@ -6,13 +6,14 @@ import json
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from callcenter.errors import CallcenterError
 from callcenter.references import is_valid_reference
 from callcenter.runtime import Runtime
 from storage.audit import append_event
 from storage.models import Case, SealedObject, Transcript
-from storage.sealing import ROLE_CASE_OFFICE
+from storage.sealing import ROLE_CASE_OFFICE, PrivateKey
 from storage.vault import open_sealed
 
 
@@ -41,21 +42,7 @@ def read_case(runtime: Runtime, reference: str, *, actor: str) -> dict[str, Any]
         )
         text = None
         if transcript is not None:
-            obj = transcript.sealed_object_id
-            sealed_object = session.get(SealedObject, obj)
-            if sealed_object is None:
-                raise CallcenterError(f"transcript {transcript.id} points at missing object {obj}.")
-            payload = open_sealed(session, runtime.blobs, sealed_object, private_key)
-            text = json.loads(payload)["text"]
-            append_event(
-                session,
-                chain_key=settings.require_audit_key(),
-                actor=actor,
-                action="transcript.read",
-                case_id=case.id,
-                object_id=obj,
-            )
-            session.commit()
+            text = _open_transcript(runtime, session, transcript, private_key, actor=actor)
 
         recording_seconds = sum(r.duration_seconds or 0 for r in case.recordings)
         return {
@@ -68,3 +55,34 @@ def read_case(runtime: Runtime, reference: str, *, actor: str) -> dict[str, Any]
             "transcript": text,
             "failure_reason": case.failure_reason,
         }
+
+
+def _open_transcript(
+    runtime: Runtime,
+    session: Session,
+    transcript: Transcript,
+    private_key: PrivateKey,
+    *,
+    actor: str,
+) -> str | None:
+    """Open a transcript and audit the read; an erased one gives None, not an error."""
+    sealed_object = session.get(SealedObject, transcript.sealed_object_id)
+    if sealed_object is None:
+        raise CallcenterError(
+            f"transcript {transcript.id} points at missing object {transcript.sealed_object_id}."
+        )
+    if sealed_object.erased_at is not None:
+        return None
+
+    payload = open_sealed(session, runtime.blobs, sealed_object, private_key)
+    append_event(
+        session,
+        chain_key=runtime.settings.require_audit_key(),
+        actor=actor,
+        action="transcript.read",
+        case_id=transcript.case_id,
+        object_id=sealed_object.id,
+    )
+    session.commit()
+    text: str = json.loads(payload)["text"]
+    return text

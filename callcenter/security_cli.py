@@ -15,6 +15,7 @@ names cases by reference and objects by id, never by content or caller number.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -55,7 +56,7 @@ from storage.key_lifecycle import (
     rotate_role_key,
     unfinished_rotation,
 )
-from storage.models import Case, IdentityRequest, IdentityRequestStatus
+from storage.models import Case, IdentityRequest, IdentityRequestStatus, KeyWrap
 from storage.sealing import ALL_ROLES, ROLE_CASE_OFFICE, ROLE_IDENTITY_CUSTODIAN, check_role_name
 
 ACTOR_HELP = "Who runs the command; written to the audit log."
@@ -260,6 +261,14 @@ def keys_revoke(
 
     settings = _settings(ctx)
     with _runtime(ctx) as runtime, runtime.session() as session:
+        known = role in runtime.keys.roles() or session.scalar(
+            select(KeyWrap.id).where(KeyWrap.role == role).limit(1)
+        )
+        if not known:
+            raise CallcenterError(
+                f"Role {role!r} has no key and no wraps, so there is nothing to revoke: check "
+                "the spelling against `callcenter keys status`."
+            )
         count = revoke_wraps(
             session, role, key_id=key_id, chain_key=settings.require_audit_key(), actor=actor
         )
@@ -336,6 +345,14 @@ def audit() -> None:
 @click.pass_context
 def audit_verify(ctx: click.Context, known_head: str | None) -> None:
     """Recompute the chain and report the first broken link; exit status 1 when broken."""
+    if known_head is not None:
+        known_head = known_head.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", known_head):
+            raise CallcenterError(
+                f"--head {known_head!r} is not a chain head: it is the 64 hex digits that "
+                "`callcenter audit head` printed. Copy it again."
+            )
+
     settings = _settings(ctx)
     with _runtime(ctx) as runtime, runtime.session() as session:
         result = verify_chain(session, settings.require_audit_key(), known_head)

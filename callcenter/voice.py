@@ -11,6 +11,8 @@ sealed identity record and, as a keyed hash, into ``calls.caller_hash``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -25,6 +27,7 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from callcenter import outbox
 from callcenter.calls import FlowHolder, find_call, open_case, state_of, store_state
+from callcenter.identity import caller_hash_or_none
 from callcenter.identity_hooks import caller_key, on_case_opened, seal_identity_if_missing
 from callcenter.references import is_valid_reference
 from callcenter.runtime import Runtime
@@ -51,6 +54,8 @@ FAILURE_PROMPTS = (
 # Follow-up lookups allowed per caller per hour, against guessing other callers' references.
 FOLLOW_UP_LIMIT = 5
 FOLLOW_UP_WINDOW_SECONDS = 3600
+# Set on a call when Twilio reports its recording absent before the <Record> action arrives.
+ABSENT_FLAG = "_recording_absent"
 
 
 class _Urls:
@@ -296,7 +301,13 @@ def recorded() -> Response:
         if call.node != node_id:
             return _respond(session, call)
 
-        has_recording = bool(form.get("RecordingUrl"))
+        # Twilio may report the recording absent before this action arrives.
+        reported_absent = call.answers.get(ABSENT_FLAG) == "yes"
+        if reported_absent:
+            call.answers = {
+                name: value for name, value in call.answers.items() if name != ABSENT_FLAG
+            }
+        has_recording = bool(form.get("RecordingUrl")) and not reported_absent
         duration = _int_or_none(form.get("RecordingDuration")) or 0
         if has_recording:
             case = _open_case(session, call)
@@ -375,6 +386,21 @@ def follow_up() -> Response:
         return _respond(session, call, [status])
 
 
+def _follow_up_counter_id(call: Call) -> str:
+    """Return who a follow-up lookup counts against, without storing the number.
+
+    The id is a keyed hash of the caller's number and the current hour, so it works for
+    anonymous callers too and cannot be matched with ``calls.caller_hash``. It lives in
+    Redis for one hour only. A withheld number falls back to the CallSid.
+    """
+    hour = datetime.now(UTC).strftime("%Y%m%d%H")
+    secret = _runtime().settings.require_caller_hash_key()
+    counter = caller_hash_or_none(request.form.get("From"), secret)
+    if counter is None:
+        return call.call_sid
+    return hmac.new(secret, f"follow-up|{hour}|{counter}".encode(), hashlib.sha256).hexdigest()
+
+
 def _follow_up_allowed(call: Call) -> bool:
     """Count a lookup against the caller's hourly limit; False once it is used up.
 
@@ -383,7 +409,7 @@ def _follow_up_allowed(call: Call) -> bool:
     lookup is allowed: guessing a ten-digit number with a check digit by telephone is
     slow, and callers should not lose the status line during an outage.
     """
-    key = f"callcenter:follow-up:{call.caller_hash or call.call_sid}"
+    key = f"callcenter:follow-up:{_follow_up_counter_id(call)}"
     try:
         with _runtime().redis.pipeline(transaction=True) as pipe:
             pipe.set(key, 0, ex=FOLLOW_UP_WINDOW_SECONDS, nx=True)
@@ -534,8 +560,15 @@ def _note_missing_recording(call_sid: str, status: str) -> None:
     """Tell a person why a case opened at the <Record> action has no recording after all."""
     with _runtime().session() as session:
         call = find_call(session, call_sid)
-        case = session.get(Case, call.case_id) if call is not None and call.case_id else None
-        if case is None or case.recordings:
+        if call is None:
+            return
+        case = session.get(Case, call.case_id) if call.case_id else None
+        if case is None:
+            # The <Record> action has not arrived yet: tell it not to open a case.
+            call.answers = {**call.answers, ABSENT_FLAG: "yes"}
+            session.commit()
+            return
+        if case.recordings:
             return
         case.set_intake_status(CaseStatus.RECORDING_FAILED)
         case.failure_reason = (

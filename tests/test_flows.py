@@ -228,9 +228,9 @@ def test_star_option_rejected(tmp_path: Path) -> None:
 
 
 def test_follow_up_needs_other_status(tmp_path: Path) -> None:
-    path = edited(tmp_path, "statuses.other.ar", "statuses.closed.ar")
+    path = edited(tmp_path, "statuses.other.ar", "statuses.unused.ar")
     path.write_text(
-        path.read_text(encoding="utf-8").replace("statuses.other.en", "statuses.closed.en"),
+        path.read_text(encoding="utf-8").replace("statuses.other.en", "statuses.unused.en"),
         encoding="utf-8",
     )
     with pytest.raises(FlowError) as caught:
