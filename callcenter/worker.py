@@ -27,8 +27,11 @@ logger = logging.getLogger("callcenter.worker")
 QUEUES = (outbox.RECORDINGS_QUEUE, outbox.TRANSCRIPTION_QUEUE)
 
 
-def prepare_transcription(runtime: Runtime) -> None:
-    """Load the model and the transcription key, and hand them to the job module."""
+def prepare_transcription(runtime: Runtime, engine: VoskEngine | None = None) -> None:
+    """Load the model and the transcription key, and hand them to the job module.
+
+    Tests pass an ``engine`` they loaded once, so that each does not reload the model.
+    """
     settings = runtime.settings
     # Secrets and keys first: a typo should not cost a model load to discover.
     audit_key = settings.require_audit_key()
@@ -37,9 +40,13 @@ def prepare_transcription(runtime: Runtime) -> None:
     )
     case_office_key = runtime.public_key(ROLE_CASE_OFFICE)
 
-    model_path = resolve_model_path(settings.transcription.model, settings.transcription.models_dir)
-    logger.info("loading Vosk model from %s", model_path)
-    engine = VoskEngine(model_path)
+    if engine is None:
+        model_path = resolve_model_path(
+            settings.transcription.model, settings.transcription.models_dir
+        )
+        logger.info("loading Vosk model from %s", model_path)
+        engine = VoskEngine(model_path)
+
     jobs.install_context(
         jobs.TranscriptionContext(
             session_factory=runtime.session_factory,

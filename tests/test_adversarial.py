@@ -21,7 +21,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from unittest import mock
 from urllib.parse import urlsplit
@@ -46,7 +46,7 @@ from callcenter.errors import RecordingDownloadError
 from callcenter.references import allocate_reference
 from callcenter.runtime import Runtime
 from callcenter.settings import Settings, load_settings
-from callcenter.worker import make_worker
+from callcenter.worker import make_worker, prepare_transcription
 from storage.audit import verify_chain
 from storage.migrate import upgrade
 from storage.models import (
@@ -59,7 +59,7 @@ from storage.models import (
     SealedObject,
     Transcript,
 )
-from storage.sealing import ROLE_CASE_OFFICE, ROLE_IDENTITY_CUSTODIAN, ROLE_TRANSCRIPTION
+from storage.sealing import ROLE_CASE_OFFICE, ROLE_IDENTITY_CUSTODIAN
 from storage.vault import open_sealed
 from tests.audio_fixtures import tone, wav_bytes
 from tests.fixtures.services import (
@@ -303,20 +303,11 @@ class Workers:
 
     def run_transcription(self) -> None:
         """Drain the transcription queue with rq's forking worker, as the real worker does."""
-        worker_runtime = Runtime(self.transcription)
-        jobs.install_context(
-            jobs.TranscriptionContext(
-                session_factory=worker_runtime.session_factory,
-                blobs=worker_runtime.blobs,
-                engine=self.engine,
-                private_key=worker_runtime.keys.load_private(
-                    ROLE_TRANSCRIPTION, PASSPHRASES[ROLE_TRANSCRIPTION].encode()
-                ),
-                case_office_key=worker_runtime.public_key(ROLE_CASE_OFFICE),
-                audit_key=bytes.fromhex(AUDIT_KEY_HEX),
-                max_audio_seconds=self.max_audio_seconds,
-            )
+        limits = replace(
+            self.transcription.transcription, max_audio_seconds=int(self.max_audio_seconds)
         )
+        worker_runtime = Runtime(replace(self.transcription, transcription=limits))
+        prepare_transcription(worker_runtime, self.engine)
         try:
             work_burst(make_worker(worker_runtime, outbox.TRANSCRIPTION_QUEUE))
         finally:

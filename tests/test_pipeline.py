@@ -25,10 +25,10 @@ from sqlalchemy import select
 
 from callcenter import create_app, outbox
 from callcenter.emulator import CallResult, TwilioEmulator
-from callcenter.identity import content_recipients, refer_case
+from callcenter.identity import refer_case
 from callcenter.runtime import Runtime
 from callcenter.settings import Settings, load_settings
-from callcenter.worker import make_worker, prepare_recordings
+from callcenter.worker import make_worker, prepare_recordings, prepare_transcription
 from storage.migrate import upgrade
 from storage.models import (
     Call,
@@ -39,7 +39,7 @@ from storage.models import (
     SealedObject,
     Transcript,
 )
-from storage.sealing import ROLE_CASE_OFFICE, ROLE_TRANSCRIPTION
+from storage.sealing import ROLE_CASE_OFFICE
 from storage.vault import open_sealed
 from tests.audio_fixtures import run_in_child
 from tests.fixtures.services import (
@@ -51,7 +51,6 @@ from tests.fixtures.services import (
     Ports,
     serve_app,
 )
-from transcription import jobs
 from transcription.audio import decode_audio
 from transcription.catalog import resolve_model_path
 from transcription.engine import VoskEngine
@@ -104,22 +103,7 @@ class Pipeline:
     def run_transcription_worker(self) -> None:
 
         transcription_runtime = Runtime(self.transcription)
-        jobs.install_context(
-            jobs.TranscriptionContext(
-                session_factory=transcription_runtime.session_factory,
-                blobs=transcription_runtime.blobs,
-                engine=self.engine,
-                private_key=transcription_runtime.keys.load_private(
-                    ROLE_TRANSCRIPTION, PASSPHRASES[ROLE_TRANSCRIPTION].encode()
-                ),
-                case_office_key=transcription_runtime.public_key(ROLE_CASE_OFFICE),
-                audit_key=bytes.fromhex(AUDIT_KEY_HEX),
-                max_audio_seconds=600,
-                content_recipients=lambda session, case_id: content_recipients(
-                    session, transcription_runtime.keys, case_id
-                ),
-            )
-        )
+        prepare_transcription(transcription_runtime, self.engine)
         make_worker(transcription_runtime, outbox.TRANSCRIPTION_QUEUE).work(burst=True)
         transcription_runtime.close()
 
