@@ -7,7 +7,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -122,20 +121,19 @@ def serve(ctx: click.Context, host: str | None, port: int | None, no_reconciler:
 
 
 def _start_reconciler(runtime: Runtime) -> threading.Thread:
-    from callcenter.outbox import job_timeouts, reconcile
+    from callcenter.outbox import job_timeouts, reconcile_forever
 
-    interval = runtime.settings.redis.reconcile_interval_seconds
-    timeouts = job_timeouts(runtime.settings.transcription.job_timeout_seconds)
-
-    def loop() -> None:
-        while True:
-            try:
-                reconcile(runtime.session_factory, runtime.redis, timeouts=timeouts)
-            except Exception:
-                logger.exception("outbox reconciler pass failed; next pass in %d s", interval)
-            time.sleep(interval)
-
-    thread = threading.Thread(target=loop, name="outbox-reconciler", daemon=True)
+    options = {
+        "interval_seconds": runtime.settings.redis.reconcile_interval_seconds,
+        "timeouts": job_timeouts(runtime.settings.transcription.job_timeout_seconds),
+    }
+    thread = threading.Thread(
+        target=reconcile_forever,
+        args=(runtime.session_factory, runtime.redis),
+        kwargs=options,
+        name="outbox-reconciler",
+        daemon=True,
+    )
     thread.start()
     return thread
 
@@ -308,16 +306,17 @@ def outbox_group() -> None:
 @click.pass_context
 def outbox_reconcile(ctx: click.Context, loop: bool) -> None:
     """Enqueue outbox rows whose jobs are missing from Redis."""
-    from callcenter.outbox import job_timeouts, reconcile
+    from callcenter.outbox import job_timeouts, reconcile, reconcile_forever
 
     runtime = _runtime(ctx)
-    while True:
-        timeouts = job_timeouts(runtime.settings.transcription.job_timeout_seconds)
-        count = reconcile(runtime.session_factory, runtime.redis, timeouts=timeouts)
-        click.echo(f"re-enqueued {count} job(s)")
-        if not loop:
-            return
-        time.sleep(runtime.settings.redis.reconcile_interval_seconds)
+    timeouts = job_timeouts(runtime.settings.transcription.job_timeout_seconds)
+    if loop:
+        interval = runtime.settings.redis.reconcile_interval_seconds
+        reconcile_forever(
+            runtime.session_factory, runtime.redis, interval_seconds=interval, timeouts=timeouts
+        )
+    count = reconcile(runtime.session_factory, runtime.redis, timeouts=timeouts)
+    click.echo(f"re-enqueued {count} job(s)")
 
 
 @main.group("recordings")

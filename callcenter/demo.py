@@ -29,7 +29,7 @@ from callcenter.cases import read_case
 from callcenter.errors import CallcenterError
 from callcenter.runtime import Runtime
 from callcenter.settings import Settings, load_settings
-from callcenter.simulate import emulator_for, wait_until_deleted
+from callcenter.simulate import emulator_for, free_local_port, wait_until_deleted
 from storage.keys import KeyStore
 from storage.migrate import upgrade
 from storage.models import Call, Case, CaseStatus
@@ -49,13 +49,6 @@ FINAL_STATUSES = (
 # Arabic, confidential, no callback, no SMS, human rights, economic and social rights,
 # then keep the recording.
 DEMO_DIGITS = ("1", "2", "2", "2", "1", "2", "1")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _demo_secrets(instance: Path) -> dict[str, str]:
@@ -198,7 +191,7 @@ def run_demo(*, timeout: float = 600) -> dict[str, Any]:
     logs.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     model, audio_path = _choose_model(base_settings)
-    app_port, media_port = _free_port(), _free_port()
+    app_port, media_port = free_local_port(), free_local_port()
     env = _environment(instance, model, app_port, media_port)
     settings = load_settings(env)
 

@@ -9,6 +9,7 @@ queued twice at once.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -113,6 +114,22 @@ def reconcile(
     return requeued
 
 
+def reconcile_forever(
+    session_factory: sessionmaker[Session],
+    redis: Redis,
+    *,
+    interval_seconds: float,
+    timeouts: dict[str, int] | None = None,
+) -> None:
+    """Reconcile every ``interval_seconds`` until the process stops; a failed pass is logged."""
+    while True:
+        try:
+            reconcile(session_factory, redis, timeouts=timeouts)
+        except Exception:
+            logger.exception("outbox reconciler pass failed; next pass in %s s", interval_seconds)
+        time.sleep(interval_seconds)
+
+
 def _give_up(session: Session, message: OutboxMessage) -> None:
     """Stop retrying a job that keeps failing, and say why on its case for a person."""
     recording = session.get(Recording, message.entity_id)
@@ -126,7 +143,7 @@ def _give_up(session: Session, message: OutboxMessage) -> None:
         elif (
             recording.status == RecordingStatus.STORED.value and recording.twilio_deleted_at is None
         ):
-            # Our sealed copy is safe, but Twilio still holds the recording in clear.
+            # Our sealed copy is safe, but Twilio still stores the recording in clear.
             recording.case.failure_reason = (
                 f"Twilio still holds a copy of recording {recording.recording_sid}: deleting it failed "
                 f"{message.attempts} times. Retry with `callcenter recordings retry {recording.id}`, "

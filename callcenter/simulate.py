@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from callcenter.emulator import CallResult, TwilioEmulator
 from callcenter.errors import ConfigurationError
-from callcenter.settings import Settings
+from callcenter.settings import LOOPBACK_HOSTS, Settings
 
 logger = logging.getLogger("callcenter.simulate")
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+def free_local_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free now, for a server started right after."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def emulator_for(settings: Settings, *, caller: str = "+962790000001") -> TwilioEmulator:

@@ -27,6 +27,7 @@ from werkzeug.serving import make_server
 from callcenter import create_app, embedded_redis
 from callcenter.emulator import CallResult, Heard, TwilioEmulator
 from callcenter.settings import Settings, load_settings
+from callcenter.simulate import free_local_port
 from ivr_flows.loader import load_flow, resolve_flow_path
 from ivr_flows.walk import EMPTY, Script, plan
 from storage.keys import KeyStore
@@ -65,21 +66,12 @@ def tone_wav(seconds: float = 3.0, rate: int = 8000) -> bytes:
     return buffer.getvalue()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextmanager
 def private_app(flow_file: Path) -> Iterator[tuple[Settings, str, int]]:
     """Run the intake app on a throwaway instance; yield its settings, URL and media port."""
     with tempfile.TemporaryDirectory(prefix="callcenter-walk-") as folder:
         instance = Path(folder)
-        app_port, media_port = _free_port(), _free_port()
+        app_port, media_port = free_local_port(), free_local_port()
         env = {
             "CALLCENTER_APP__INSTANCE_PATH": str(instance),
             "CALLCENTER_APP__PUBLIC_BASE_URL": f"http://127.0.0.1:{app_port}",
