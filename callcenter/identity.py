@@ -83,7 +83,7 @@ class InvalidNumberError(IdentityError, ValueError):
 
 
 class RequestReason(enum.StrEnum):
-    """Why an officer requests a caller's identity; recorded in the audit log."""
+    """Reason an officer gives for an identity request, recorded in the audit log."""
 
     CALLER_FOLLOW_UP = "caller_follow_up"
     INVESTIGATION = "investigation"

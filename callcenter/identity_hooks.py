@@ -1,4 +1,4 @@
-"""Where the voice webhooks touch caller identity: the keyed caller hash and the identity record.
+"""Caller identity in the voice webhooks: the keyed caller hash and the identity record.
 
 The caller's number reaches us in every webhook's ``From``. It is kept in two forms
 only: inside the identity record, sealed to the identity custodian alone, and as an

@@ -1,9 +1,9 @@
 """Case reference numbers: ten digits, random, with a Luhn check digit.
 
 Callers type references on a keypad, so they are digits only. The first two digits
-are the year, the next seven are random (a sequence would leak call volume and invite
-enumeration), and the last is a Luhn check digit, which catches every single mistyped
-digit and most swapped neighbours before a lookup.
+are the year and the next seven are random, because a sequence would leak call volume
+and invite enumeration. The last is a Luhn check digit, which catches every single
+mistyped digit and most swapped neighbours before a lookup.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ RETENTION_ACTOR = "retention"
 
 
 class ErasureReason(enum.StrEnum):
-    """Why a whole case is erased before its retention period ends; recorded in the audit log."""
+    """Reason a whole case is erased before its retention period ends, recorded in the audit log."""
 
     CALLER_REQUEST = "caller_request"
     LEGAL_ORDER = "legal_order"
@@ -43,7 +43,7 @@ class ErasureReason(enum.StrEnum):
 
 @dataclass
 class RetentionReport:
-    """What one retention pass erased (or, in a dry run, would erase)."""
+    """Summary of one retention pass: what it erased, or in a dry run what it would erase."""
 
     erased: dict[str, int] = field(default_factory=dict)
     blobs_deleted: int = 0

@@ -476,11 +476,11 @@ def unavailable() -> Response:
 def _recording_url_allowed(url: str) -> bool:
     """Accept only media URLs on Twilio's API host; anything else is never downloaded."""
     allowed = urlsplit(current_app.config["TWILIO_API_BASE_URL"])
-    given = urlsplit(url)
+    media = urlsplit(url)
     return (
-        (given.scheme, given.netloc) == (allowed.scheme, allowed.netloc)
-        and given.username is None
-        and "/Recordings/RE" in given.path
+        (media.scheme, media.netloc) == (allowed.scheme, allowed.netloc)
+        and media.username is None
+        and "/Recordings/RE" in media.path
     )
 
 

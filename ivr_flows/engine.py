@@ -1,7 +1,7 @@
 """Move a call through a flow: pure functions from (state, event) to the next state.
 
-The web layer stores the state per CallSid and renders TwiML for it; keeping the
-transitions free of I/O lets tests walk every path without a server.
+The web layer stores the state per CallSid and renders TwiML for it. The transitions
+do no I/O, so tests can walk every path without a server.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Transcription job: unseal a recording in memory, decode, run Vosk, seal the transcript.
 
 The worker process loads the Vosk model and unlocks the transcription role's private
-key once, then calls ``install_context`` before rq's forking Worker starts; each job
+key once, then calls ``install_context`` before rq's forking Worker starts. Each job
 runs in a forked work-horse that shares both, so a native crash in Vosk fails one job
 and not the worker.
 
@@ -35,7 +35,7 @@ JOB_NAME = "transcription.jobs.transcribe_recording"
 
 @dataclass(frozen=True)
 class TranscriptionContext:
-    """What a transcription job needs, prepared once in the worker's parent process."""
+    """Resources of a transcription job, prepared once in the worker's parent process."""
 
     session_factory: sessionmaker[Session]
     blobs: BlobStore
